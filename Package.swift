@@ -1,0 +1,122 @@
+// swift-tools-version: 6.1
+// swift-rumprun: one package, two worlds.
+//
+// Host world (default): every library, the `bake` and `rumprun-cli` tools and
+// the tests, built with `swift build` / `swift test`.
+//
+// Guest world (`GUEST=1`): only the modules that run inside a unikernel, built
+// as Embedded Swift for `x86_64-unknown-none-elf`; see Docs/architecture.md.
+
+import PackageDescription
+
+let guest = Context.environment["GUEST"] == "1"
+
+/// Swift settings shared by the modules that also compile for the guest.
+let guestSwiftSettings: [SwiftSetting] =
+    guest
+    ? [
+        .enableExperimentalFeature("Embedded"),
+        .unsafeFlags(["-wmo", "-Osize", "-Xfrontend", "-function-sections"]),
+    ]
+    : []
+
+/// C settings of the guest world: freestanding, no red zone (interrupts run
+/// on the current stack until the IST work lands), no SSE in C code.
+let guestCSettings: [CSetting] =
+    guest
+    ? [.unsafeFlags(["-ffreestanding", "-mno-red-zone", "-fno-pic", "-ffunction-sections", "-fno-asynchronous-unwind-tables"])]
+    : []
+
+var targets: [Target] = [
+    .target(
+        name: "CPUPrimitives",
+        exclude: guest ? [] : ["entry.S", "libc.c"],
+        cSettings: guestCSettings
+    ),
+    .target(
+        name: "BareMetalKit",
+        dependencies: ["CPUPrimitives"],
+        swiftSettings: guestSwiftSettings
+    ),
+    .target(
+        name: "Rumprun",
+        dependencies: ["BareMetalKit"],
+        swiftSettings: guestSwiftSettings
+    ),
+    // Driver-facing contracts shared by hw drivers, Xen frontends and users.
+    .target(
+        name: "DeviceInterfaces",
+        swiftSettings: guestSwiftSettings
+    ),
+    // The TCP/IP stack (issue: networking). Embedded-clean.
+    .target(
+        name: "NetStack",
+        dependencies: ["DeviceInterfaces"],
+        swiftSettings: guestSwiftSettings
+    ),
+]
+
+var products: [Product] = [
+    .library(name: "BareMetalKit", targets: ["BareMetalKit"]),
+    .library(name: "Rumprun", targets: ["Rumprun"]),
+    .library(name: "DeviceInterfaces", targets: ["DeviceInterfaces"]),
+    .library(name: "NetStack", targets: ["NetStack"]),
+]
+
+if !guest {
+    targets += [
+        .systemLibrary(
+            name: "CLibELF",
+            pkgConfig: "libelf",
+            providers: [.apt(["libelf-dev"])]
+        ),
+        // --- RumpHypercall (rumpuser v17) ---
+        .target(name: "RumpHypercall"),
+        // --- XenPVKit ---
+        .target(name: "XenPVKit", dependencies: ["DeviceInterfaces"]),
+        .target(
+            name: "UnikernelBake",
+            dependencies: ["CLibELF"],
+            resources: [.copy("Resources")]
+        ),
+        .executableTarget(
+            name: "bake",
+            dependencies: [
+                "UnikernelBake",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .executableTarget(
+            name: "rumprun-cli",
+            dependencies: [
+                "UnikernelBake",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"]),
+        .testTarget(name: "UnikernelBakeTests", dependencies: ["UnikernelBake", "CLibELF"]),
+        .testTarget(name: "RumpHypercallTests", dependencies: ["RumpHypercall"]),
+        .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit"]),
+        .testTarget(name: "NetStackTests", dependencies: ["NetStack"]),
+        .testTarget(name: "DeviceInterfacesTests", dependencies: ["DeviceInterfaces"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["UnikernelBake"]),
+    ]
+    products += [
+        .library(name: "RumpHypercall", targets: ["RumpHypercall"]),
+        .library(name: "XenPVKit", targets: ["XenPVKit"]),
+        .library(name: "UnikernelBake", targets: ["UnikernelBake"]),
+        .executable(name: "bake", targets: ["bake"]),
+        .executable(name: "rumprun-cli", targets: ["rumprun-cli"]),
+    ]
+}
+
+let package = Package(
+    name: "swift-rumprun",
+    products: products,
+    dependencies: guest
+        ? []
+        : [
+            .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2")
+        ],
+    targets: targets
+)

@@ -1,0 +1,281 @@
+// Platform: the guest world's boot path and the C-level services the Swift
+// runtime expects (putchar, posix_memalign, free, arc4random_buf), on the hw
+// platform. Entered from entry.S as bmk_boot_main(protocol, info).
+#if hasFeature(Embedded)
+import CPUPrimitives
+
+/// Global state of the running guest (one CPU, no preemption yet).
+public enum Platform {
+    nonisolated(unsafe) static var console = Serial16550(ports: HardwarePorts())
+    nonisolated(unsafe) static var heap: HeapAllocator? = nil
+    nonisolated(unsafe) static var bootInfo: BootInfo? = nil
+    nonisolated(unsafe) static var configurationStorage: GuestConfiguration? = nil
+    nonisolated(unsafe) static var randomState: UInt64 = 0
+
+    /// The launcher's configuration (empty before boot finished parsing it).
+    public static var configuration: GuestConfiguration { configurationStorage ?? GuestConfiguration() }
+
+    /// The loader's description of memory and modules.
+    public static var boot: BootInfo? { bootInfo }
+
+    /// Heap counters.
+    public static var heapStatistics: HeapStatistics? { heap?.statistics }
+
+    /// TSC value at the first instruction.
+    public static var bootTimestamp: UInt64 { bmk_boot_timestamp() }
+
+    public static func write(_ text: StaticString) {
+        console.write(contentsOf: UnsafeBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    public static func write(_ bytes: [UInt8]) { console.write(contentsOf: bytes) }
+
+    public static func writeHex(_ value: UInt64) {
+        write("0x")
+        var shift = 60
+        var started = false
+        while shift >= 0 {
+            let digit = UInt8((value >> UInt64(shift)) & 0xF)
+            if digit != 0 || started || shift == 0 {
+                started = true
+                console.write(digit < 10 ? 0x30 + digit : 0x57 + digit)
+            }
+            shift -= 4
+        }
+    }
+
+    public static func writeDecimal(_ value: UInt64) {
+        var digits: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8,
+                      UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) =
+            (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+        var count = 0
+        var rest = value
+        withUnsafeMutableBytes(of: &digits) { buffer in
+            repeat {
+                buffer[count] = 0x30 + UInt8(rest % 10)
+                rest /= 10
+                count += 1
+            } while rest > 0
+            while count > 0 {
+                count -= 1
+                console.write(buffer[count])
+            }
+        }
+    }
+
+    /// Ends the guest with an application exit status.
+    public static func exit(_ status: Int32) -> Never {
+        halt(portValue: GuestExit.portValue(forStatus: status))
+    }
+
+    /// Prints `message` and stops the guest with the panic status.
+    public static func panic(_ message: StaticString) -> Never {
+        write("rumprun: panic: ")
+        write(message)
+        write("\n")
+        halt(portValue: GuestExit.panicValue)
+    }
+
+    static func halt(portValue: UInt8) -> Never {
+        cpu_outl(GuestExit.port, UInt32(portValue))
+        // Without the debug-exit device the guest simply stops here.
+        write("rumprun: halted (no isa-debug-exit device)\n")
+        while true {
+            cpu_disable_interrupts()
+            cpu_halt()
+        }
+    }
+
+    static func bootFailure(_ error: BootInfoError) -> Never {
+        write("rumprun: panic: boot information rejected: ")
+        switch error {
+        case .unknownLoader(let number):
+            write("entered by an unknown loader (protocol ")
+            writeDecimal(UInt64(number))
+            write(")")
+        case .badPVHMagic(let found):
+            write("PVH start info magic is ")
+            writeHex(UInt64(found))
+        case .unreadable(let address):
+            write("unreadable address ")
+            writeHex(address)
+        case .stringTooLong(let address, let limit):
+            write("string at ")
+            writeHex(address)
+            write(" longer than ")
+            writeDecimal(UInt64(limit))
+        case .noMemoryMap:
+            write("no memory map")
+        case .tooManyEntries(let what, let count, _):
+            write(what)
+            write(" has too many entries: ")
+            writeDecimal(count)
+        case .entrySizeTooSmall(let size):
+            write("memory map entry size ")
+            writeDecimal(UInt64(size))
+        case .regionOverflows(let start, let length):
+            write("region overflows: start ")
+            writeHex(start)
+            write(" length ")
+            writeHex(length)
+        }
+        write("\n")
+        halt(portValue: GuestExit.panicValue)
+    }
+
+    static func configurationFailure(_ error: GuestConfiguration.Error) -> Never {
+        write("rumprun: panic: bad configuration on the command line: ")
+        switch error {
+        case .malformedJSON(let json):
+            write("malformed JSON at byte ")
+            writeDecimal(UInt64(json.offset))
+        case .notAnObject:
+            write("not a JSON object")
+        case .wrongType(let key):
+            write("wrong type for key \"")
+            write(Array(key.utf8))
+            write("\"")
+        }
+        write("\n")
+        halt(portValue: GuestExit.panicValue)
+    }
+}
+
+/// Identity-mapped physical memory below 4 GiB (the boot page tables).
+struct IdentityMappedMemory: PhysicalMemoryReader {
+    func loadByte(at address: UInt64) -> UInt8? {
+        guard address >= 0x1000, address < 0x1_0000_0000 else { return nil }
+        return cpu_load8(UInt(address))
+    }
+}
+
+@_cdecl("bmk_boot_main")
+public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
+    Platform.console.configure()
+    let parser: BootInfoParser<IdentityMappedMemory>
+    let highest: UInt64
+    do {
+        parser = try BootInfoParser(memory: IdentityMappedMemory(), protocolNumber: protocolNumber, infoAddress: UInt64(infoAddress))
+        highest = try parser.highestReferencedAddress()
+    } catch {
+        Platform.bootFailure(error)
+    }
+
+    // The heap: the largest usable memory above the image and everything
+    // the loader placed, within the identity-mapped first 4 GiB.
+    let imageEnd = UInt64(bmk_image_end())
+    let floor = (max(imageEnd, highest) + 0xFFF) & ~UInt64(0xFFF)
+    var bestStart: UInt64 = 0
+    var bestLength: UInt64 = 0
+    do {
+        try parser.forEachMemoryRegion { region in
+            guard region.kind == .usable else { return }
+            let start = max(region.start, floor)
+            let end = min(region.end, 0x1_0000_0000)
+            if end > start && end - start > bestLength {
+                bestStart = start
+                bestLength = end - start
+            }
+        }
+    } catch {
+        Platform.bootFailure(error)
+    }
+    guard bestLength > 0,
+        let heap = HeapAllocator(start: UnsafeMutableRawPointer(bitPattern: UInt(bestStart))!, length: Int(bestLength))
+    else {
+        Platform.panic("no usable memory above the image for a heap")
+    }
+    Platform.heap = heap
+    seedRandom()
+
+    do {
+        let info = try parser.parse()
+        Platform.bootInfo = info
+        do {
+            Platform.configurationStorage = try GuestConfiguration(commandLine: info.commandLine)
+        } catch {
+            Platform.configurationFailure(error)
+        }
+    } catch {
+        Platform.bootFailure(error)
+    }
+    Platform.exit(bmk_call_main())
+}
+
+@_cdecl("bmk_stack_smashed")
+public func stackSmashed() -> Never {
+    Platform.panic("stack smashing detected")
+}
+
+@_cdecl("putchar")
+public func putchar(_ character: CInt) -> CInt {
+    let byte = UInt8(truncatingIfNeeded: character)
+    if byte == 0x0A { Platform.console.write(0x0D) }
+    Platform.console.write(byte)
+    return character
+}
+
+@_cdecl("bmk_heap_allocate")
+public func heapAllocate(_ size: Int, _ alignment: Int) -> UnsafeMutableRawPointer? {
+    Platform.heap?.allocate(size: size, alignment: alignment)
+}
+
+@_cdecl("bmk_heap_usable_size")
+public func heapUsableSize(_ pointer: UnsafeMutableRawPointer) -> Int {
+    do {
+        return try Platform.heap!.usableSize(pointer)
+    } catch {
+        Platform.panic("realloc of a pointer the heap did not hand out")
+    }
+}
+
+@_cdecl("bmk_heap_free")
+public func heapFree(_ pointer: UnsafeMutableRawPointer?) {
+    do {
+        try Platform.heap?.free(pointer)
+    } catch {
+        switch error {
+        case .doubleFree: Platform.panic("double free")
+        case .pointerOutsideHeap: Platform.panic("free of a pointer outside the heap")
+        case .notAnAllocation: Platform.panic("free of a pointer the heap did not hand out")
+        }
+    }
+}
+
+/// Seeds the generator: RDRAND when CPUID says it exists, else TSC samples.
+/// Interim: the hw core work replaces the fallback with ChaCha20 plus jitter.
+func seedRandom() {
+    var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
+    withUnsafeMutableBytes(of: &registers) { cpu_cpuid(1, 0, $0.baseAddress!.assumingMemoryBound(to: UInt32.self)) }
+    var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
+    if registers.2 & (1 << 30) != 0 {
+        var value: UInt64 = 0
+        for _ in 0..<10 where cpu_rdrand64(&value) != 0 {
+            seed ^= value
+            break
+        }
+    }
+    for _ in 0..<8 { seed = (seed ^ cpu_rdtsc()) &* 0xBF58_476D_1CE4_E5B9 }
+    Platform.randomState = seed
+}
+
+/// SplitMix64 step over the seeded state.
+func nextRandom() -> UInt64 {
+    Platform.randomState &+= 0x9E37_79B9_7F4A_7C15
+    var z = Platform.randomState ^ cpu_rdtsc()
+    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+    return z ^ (z >> 31)
+}
+
+@_cdecl("arc4random_buf")
+public func arc4random_buf(_ buffer: UnsafeMutableRawPointer, _ count: Int) {
+    var offset = 0
+    while offset < count {
+        var value = nextRandom()
+        let chunk = min(8, count - offset)
+        withUnsafeBytes(of: &value) { (buffer + offset).copyMemory(from: $0.baseAddress!, byteCount: chunk) }
+        offset += chunk
+    }
+}
+#endif

@@ -1,0 +1,3 @@
+// CLibELF: elfutils' libelf (Debian package libelf-dev) for UnikernelBake.
+#include <libelf.h>
+#include <gelf.h>

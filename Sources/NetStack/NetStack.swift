@@ -1,0 +1,1 @@
+// NetStack: placeholder until the networking work lands.

@@ -1,0 +1,1 @@
+// UnikernelBake: under construction.
