@@ -73,11 +73,11 @@ if !guest {
         // --- RumpHypercall (rumpuser v17) ---
         .target(name: "RumpHypercall"),
         // --- XenPVKit ---
-        .target(name: "XenPVKit", dependencies: ["DeviceInterfaces"]),
+        .target(name: "CXen"),
+        .target(name: "XenPVKit", dependencies: ["CXen", "DeviceInterfaces"]),
         .target(
             name: "UnikernelBake",
-            dependencies: ["CLibELF"],
-            resources: [.copy("Resources")]
+            dependencies: ["CLibELF"]
         ),
         .executableTarget(
             name: "bake",
@@ -96,10 +96,10 @@ if !guest {
         .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"]),
         .testTarget(name: "UnikernelBakeTests", dependencies: ["UnikernelBake", "CLibELF"]),
         .testTarget(name: "RumpHypercallTests", dependencies: ["RumpHypercall"]),
-        .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit"]),
+        .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit", "CXen"]),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack"]),
         .testTarget(name: "DeviceInterfacesTests", dependencies: ["DeviceInterfaces"]),
-        .testTarget(name: "IntegrationTests", dependencies: ["UnikernelBake"]),
+        .testTarget(name: "IntegrationTests", dependencies: ["UnikernelBake", "bake", "rumprun-cli"]),
     ]
     products += [
         .library(name: "RumpHypercall", targets: ["RumpHypercall"]),

@@ -9,19 +9,18 @@
  * BareMetalKit later replaces these boot tables with finer-grained ones.
  */
 
-#define MULTIBOOT_MAGIC   0x1BADB002
-#define MULTIBOOT_FLAGS   0x00000003 /* 4 KiB-aligned modules, memory info */
 #define MULTIBOOT_LOADER  0x2BADB002
 #define XEN_ELFNOTE_PHYS32_ENTRY 18
 
-/* Multiboot header: must sit in the first 8 KiB of the file (the linker
- * script puts .multiboot first in .text). */
+/* Multiboot header slot (magic, flags, checksum). The linker script puts
+ * .multiboot first in .text, inside the first 8 KiB of the file. bake's
+ * multiboot writer fills it in; PVH images keep it zero, because QEMU tries
+ * multiboot before PVH and refuses 64-bit multiboot ELF files. */
     .section .multiboot, "a"
     .align 4
+    .globl multiboot_header
 multiboot_header:
-    .long MULTIBOOT_MAGIC
-    .long MULTIBOOT_FLAGS
-    .long -(MULTIBOOT_MAGIC + MULTIBOOT_FLAGS)
+    .long 0, 0, 0
 
 /* PVH entry note (Xen public/elfnote.h). */
     .section .note.Xen, "a", @note

@@ -1,1 +1,0 @@
-// UnikernelBake: under construction.

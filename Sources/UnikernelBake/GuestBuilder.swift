@@ -1,0 +1,123 @@
+// GuestBuilder: compiles the platform's guest modules (once per change,
+// through SwiftPM with GUEST=1) and an application's Swift sources (once per
+// change, with swiftc) for x86_64-unknown-none-elf as Embedded Swift.
+import Foundation
+
+/// Guest compilation with content-addressed caching.
+public struct GuestBuilder: Sendable {
+    public static let triple = "x86_64-unknown-none-elf"
+
+    public let sourceRoot: String
+    public let scratchDirectory: String
+    public let toolchain: Toolchain
+
+    /// Flags every guest Swift compilation shares with the platform build.
+    public static let swiftFlags = ["-enable-experimental-feature", "Embedded", "-wmo", "-Osize", "-Xcc", "-ffreestanding", "-Xcc", "-mno-red-zone"]
+
+    public init(sourceRoot: String, scratchDirectory: String? = nil, toolchain: Toolchain) throws(BakeError) {
+        guard FileManager.default.fileExists(atPath: sourceRoot + "/Package.swift"),
+            FileManager.default.fileExists(atPath: sourceRoot + "/Sources/BareMetalKit")
+        else { throw .sourceRootNotFound(sourceRoot) }
+        self.sourceRoot = sourceRoot
+        self.scratchDirectory = scratchDirectory ?? sourceRoot + "/.build-guest"
+        self.toolchain = toolchain
+    }
+
+    var productDirectory: String { scratchDirectory + "/\(Self.triple)/release" }
+    var moduleDirectory: String { productDirectory + "/Modules" }
+    var cacheDirectory: String { scratchDirectory + "/bake-cache" }
+
+    /// What the platform build depends on.
+    func platformFingerprint(modules: [String]) throws(BakeError) -> String {
+        var fingerprint = Fingerprint()
+        fingerprint.add(try toolchain.versionString())
+        fingerprint.add(Self.swiftFlags.joined(separator: " "))
+        if let manifest = FileManager.default.contents(atPath: sourceRoot + "/Package.swift") { fingerprint.add([UInt8](manifest)) }
+        for module in modules {
+            fingerprint.add(module)
+            fingerprint.addTree(sourceRoot + "/Sources/" + module)
+        }
+        return fingerprint.hex
+    }
+
+    /// The object files of the platform modules; builds them when their
+    /// sources changed since the last build. Returns (objects, wasCached).
+    public func buildPlatform(modules: [String]) throws(BakeError) -> (objects: [String], cached: Bool) {
+        let stamp = scratchDirectory + "/platform-\(modules.joined(separator: "+")).stamp"
+        let fingerprint = try platformFingerprint(modules: modules)
+        let previous = (try? String(contentsOfFile: stamp, encoding: .utf8)) ?? ""
+        if previous == fingerprint, let objects = try? objectFiles(modules: modules), !objects.isEmpty {
+            return (objects, true)
+        }
+        var environment = ProcessInfo.processInfo.environment
+        environment["GUEST"] = "1"
+        var arguments = [
+            "build", "--triple", Self.triple, "-c", "release", "--scratch-path", scratchDirectory,
+            "-Xswiftc", "-wmo", "-Xcc", "-ffreestanding", "-Xcc", "-mno-red-zone",
+        ]
+        for module in modules { arguments += ["--target", module] }
+        try Toolchain.run(toolchain.swift, arguments, environment: environment, currentDirectory: sourceRoot)
+        let objects = try objectFiles(modules: modules)
+        do {
+            try FileManager.default.createDirectory(atPath: scratchDirectory, withIntermediateDirectories: true)
+            try fingerprint.write(toFile: stamp, atomically: true, encoding: .utf8)
+        } catch {
+            throw .outputNotWritable(path: stamp, detail: error.localizedDescription)
+        }
+        return (objects, false)
+    }
+
+    func objectFiles(modules: [String]) throws(BakeError) -> [String] {
+        var objects: [String] = []
+        for module in modules {
+            let directory = productDirectory + "/\(module).build"
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: directory) else {
+                throw .inputNotFound(directory)
+            }
+            objects += names.filter { $0.hasSuffix(".o") }.sorted().map { directory + "/" + $0 }
+        }
+        return objects
+    }
+
+    /// Compiles the `.swift` files under `directory` into one object; reuses
+    /// the cached object when sources and platform are unchanged.
+    public func compileApplication(directory: String, platformFingerprint: String) throws(BakeError) -> (object: String, cached: Bool) {
+        guard let enumerator = FileManager.default.enumerator(atPath: directory) else { throw .inputNotFound(directory) }
+        let sources = (enumerator.allObjects as? [String] ?? []).filter { $0.hasSuffix(".swift") }.sorted().map { directory + "/" + $0 }
+        guard !sources.isEmpty else { throw .emptyApplication(path: directory) }
+        let moduleName = Self.moduleName(for: directory)
+        var fingerprint = Fingerprint()
+        fingerprint.add(platformFingerprint)
+        fingerprint.add(moduleName)
+        for source in sources {
+            fingerprint.add(URL(fileURLWithPath: source).lastPathComponent)
+            if let data = FileManager.default.contents(atPath: source) { fingerprint.add([UInt8](data)) }
+        }
+        let object = cacheDirectory + "/\(moduleName)-\(fingerprint.hex).o"
+        if FileManager.default.fileExists(atPath: object) { return (object, true) }
+        do {
+            try FileManager.default.createDirectory(atPath: cacheDirectory, withIntermediateDirectories: true)
+        } catch {
+            throw .outputNotWritable(path: cacheDirectory, detail: error.localizedDescription)
+        }
+        let partial = object + ".partial"
+        var arguments = ["-target", Self.triple] + Self.swiftFlags
+        arguments += ["-module-name", moduleName, "-I", moduleDirectory, "-I", sourceRoot + "/Sources/CPUPrimitives/include"]
+        arguments += ["-c"] + sources + ["-o", partial]
+        try Toolchain.run(toolchain.swiftc, arguments)
+        do {
+            try FileManager.default.moveItem(atPath: partial, toPath: object)
+        } catch {
+            throw .outputNotWritable(path: object, detail: error.localizedDescription)
+        }
+        return (object, false)
+    }
+
+    /// A Swift module name from a directory name ("udp-echo" → "udp_echo").
+    static func moduleName(for directory: String) -> String {
+        let base = URL(fileURLWithPath: directory).standardizedFileURL.lastPathComponent
+        var name = String(base.map { $0.isLetter || $0.isNumber || $0 == "_" ? $0 : "_" })
+        if name.first?.isNumber ?? true { name = "app_" + name }
+        return name
+    }
+}
