@@ -77,7 +77,7 @@ if !guest {
         .target(name: "XenPVKit", dependencies: ["CXen", "DeviceInterfaces"]),
         .target(
             name: "UnikernelBake",
-            dependencies: ["CLibELF"]
+            dependencies: ["CLibELF", "BareMetalKit"]
         ),
         .executableTarget(
             name: "bake",

@@ -1,5 +1,7 @@
 // ExitStatus: how a guest's end is reported to the launcher through QEMU's
 // isa-debug-exit device (port 0xF4): QEMU exits with (value << 1) | 1.
+// Values start at 1 so that QEMU's own failure status (1) never reads as
+// a guest status: application status s is written as s + 1.
 
 /// The values a guest writes to the debug-exit port, and their meaning.
 public enum GuestExit {
@@ -15,7 +17,7 @@ public enum GuestExit {
     /// The port value for an application's exit status; statuses outside
     /// 0...maximumStatus are reported as 1, like a failing program.
     public static func portValue(forStatus status: Int32) -> UInt8 {
-        (0...maximumStatus).contains(status) ? UInt8(status) : 1
+        (0...maximumStatus).contains(status) ? UInt8(status + 1) : 2
     }
 
     /// What a QEMU exit code means, when QEMU ended through the device.
@@ -34,7 +36,7 @@ public enum GuestExit {
         case panicValue: return .panicked
         case exceptionValue: return .exception
         default:
-            return value <= maximumStatus ? .exited(status: value) : .noGuestStatus(qemuStatus: qemuStatus)
+            return (1...maximumStatus + 1).contains(value) ? .exited(status: value - 1) : .noGuestStatus(qemuStatus: qemuStatus)
         }
     }
 }
