@@ -278,7 +278,7 @@ public enum InputValidator {
             }
             defer { elf_end(archive) }
             var members = 0
-            while let member = elf_begin(-1, ELF_C_READ, archive) {
+            while let member = elf_begin(-1, ELF_C_READ_MMAP, archive) {  // elf_memory parents take READ_MMAP
                 defer {
                     elf_next(member)
                     elf_end(member)

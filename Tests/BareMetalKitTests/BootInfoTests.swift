@@ -133,10 +133,11 @@ func pvhMemory(entries: UInt32 = 2) -> SimulatedMemory {
     let parser = try BootInfoParser(memory: memory, protocolNumber: 2, infoAddress: 0x6000)
     #expect(throws: BootInfoError.tooManyEntries(what: "PVH memory map", count: 1_000_000, limit: 1024)) { try parser.parse() }
 
-    var long = multibootMemory(commandLine: String(repeating: "x", count: 5000))
-    long.store32(0x9000, 1 << 2)
+    var long = multibootMemory()
+    long.store32(0x9000 + 16, 0x2_0000)
+    long.storeString(0x2_0000, String(repeating: "x", count: 5000))
     let longParser = try BootInfoParser(memory: long, protocolNumber: 1, infoAddress: 0x9000)
-    #expect(throws: BootInfoError.stringTooLong(address: 0xA000, limit: 4096)) { try longParser.parse() }
+    #expect(throws: BootInfoError.stringTooLong(address: 0x2_0000, limit: 4096)) { try longParser.parse() }
 }
 
 @Test func regionsThatWrapAroundAreRejected() throws {
