@@ -284,6 +284,12 @@ public enum Launcher {
         posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         posix_spawn_file_actions_addopen(&actions, 1, messages, O_WRONLY | O_CREAT | O_TRUNC, 0o644)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        // Close every other inherited descriptor: a parent's pipe or
+        // process-monitoring socket kept open by a long-lived guest would
+        // make the parent wait for the guest instead of for rumprun-cli.
+        for descriptor in Self.openDescriptors() where descriptor > 2 {
+            posix_spawn_file_actions_addclose(&actions, descriptor)
+        }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
@@ -309,6 +315,12 @@ public enum Launcher {
         return pid
     }
 
+    /// This process's open file descriptors, from /proc/self/fd.
+    static func openDescriptors() -> [Int32] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
+        return names.compactMap { Int32($0) }.filter { fcntl($0, F_GETFD) != -1 }
+    }
+
     /// Stops a background guest named `qemu:<pid>`: SIGTERM, then SIGKILL
     /// after `grace` seconds. Refuses processes that are not QEMU.
     public static func stop(_ identifier: String, grace: Double = 5) throws(LaunchError) {
@@ -316,18 +328,27 @@ public enum Launcher {
         guard parts.count == 2, parts[0] == "qemu", let pid = Int32(parts[1]), pid > 0 else {
             throw .invalidOption("expected qemu:<pid>, as printed by `rumprun-cli run`, not '\(identifier)'")
         }
-        guard let command = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
-            command.hasPrefix("qemu-system")
-        else {
-            throw .notAGuest("no QEMU guest with process id \(pid)")
-        }
+        guard isGuestRunning(pid: pid) else { throw .notAGuest("no QEMU guest with process id \(pid)") }
         kill(pid, SIGTERM)
         let deadline = Date().addingTimeInterval(grace)
         while Date() < deadline {
-            if kill(pid, 0) != 0 { return }
+            if !isGuestRunning(pid: pid) { return }
             usleep(50_000)
         }
         kill(pid, SIGKILL)
+    }
+
+    /// Whether `pid` is a live QEMU process. A background guest's parent
+    /// has exited, so once QEMU ends it may linger as a zombie until its new
+    /// parent reaps it; a zombie counts as ended.
+    public static func isGuestRunning(pid: Int32) -> Bool {
+        guard let command = try? String(contentsOfFile: "/proc/\(pid)/comm", encoding: .utf8),
+            command.hasPrefix("qemu-system"),
+            let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = stat.lastIndex(of: ")")
+        else { return false }
+        let state = stat[stat.index(after: close)...].trimmingCharacters(in: .whitespaces).first
+        return state != "Z" && state != "X"
     }
 }
 

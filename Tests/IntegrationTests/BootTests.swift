@@ -1,0 +1,187 @@
+// Integration: bake real images and boot them under QEMU (TCG) through
+// rumprun-cli, on microvm (PVH) and pc (SeaBIOS + multiboot), reading the
+// serial console and the exit status.
+import Foundation
+import Testing
+import UnikernelBake
+
+final class DataBox: @unchecked Sendable {
+    var data = Data()
+    let done = DispatchSemaphore(value: 0)
+}
+
+enum Integration {
+    static let sourceRoot = Baker.defaultSourceRoot()
+
+    /// Where `swift test` put the executables (beside the test bundle).
+    static func tool(_ name: String) throws -> String {
+        let candidates = [
+            URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent(name).path,
+            Bundle.main.bundleURL.appendingPathComponent(name).path,
+            sourceRoot + "/.build/debug/" + name,
+        ]
+        return try #require(candidates.first { FileManager.default.isExecutableFile(atPath: $0) }, "\(name) not built")
+    }
+
+    static let imageDirectory: String = {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("rumprun-integration-\(getpid())").path
+        try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+        return path
+    }()
+
+    /// Bakes an application once per test run (results are shared).
+    static func bake(_ application: String, format: ImageFormat = .pvh) throws -> (path: String, result: BakeResult) {
+        let output = imageDirectory + "/\(URL(fileURLWithPath: application).lastPathComponent)-\(format.rawValue).img"
+        let baker = try Baker(sourceRoot: sourceRoot)
+        let result = try baker.bake(BakeRequest(configuration: "hw_generic", output: output, inputs: [sourceRoot + "/" + application], format: format))
+        return (output, result)
+    }
+
+    static let hello: Result<String, Error> = Result { try bake("Examples/hello").path }
+    static let panic: Result<String, Error> = Result { try bake("Tests/Guests/panic").path }
+    static let spin: Result<String, Error> = Result { try bake("Tests/Guests/spin").path }
+
+    /// Runs rumprun-cli; returns its exit status, console (stdout) and stderr.
+    static func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: try tool("rumprun-cli"))
+        process.arguments = arguments
+        let out = Pipe()
+        let err = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+        // Read stderr on another thread so neither pipe can fill and block QEMU.
+        let errorBox = DataBox()
+        let reader = Thread { errorBox.data = err.fileHandleForReading.readDataToEndOfFile(); errorBox.done.signal() }
+        reader.start()
+        let outData = out.fileHandleForReading.readDataToEndOfFile()
+        errorBox.done.wait()
+        process.waitUntilExit()
+        let errData = errorBox.data
+        let clean = { (data: Data) in String(decoding: data, as: UTF8.self).replacingOccurrences(of: "\r", with: "") }
+        return (process.terminationStatus, clean(outData), clean(errData))
+    }
+}
+
+@Suite(.serialized) struct BootTests {
+    @Test(arguments: ["microvm", "pc"])
+    func helloPrintsItsConfigurationAndExitsWithItsStatus(machine: String) throws {
+        let image = try Integration.hello.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", "--machine", machine, "-e", "GREETING=hello from the host", "-N", "box", image, "--", "7", "two words"])
+        #expect(run.stdout.split(separator: "\n").map(String.init) == [
+            "Hello from swift-rumprun!",
+            "argv[0] = box",
+            "argv[1] = 7",
+            "argv[2] = two words",
+            "GREETING = hello from the host",
+            "hostname = box",
+            "exiting with status 7",
+        ])
+        #expect(run.status == 7, "stderr: \(run.stderr)")
+    }
+
+    @Test func helloWithoutArgumentsExitsZero() throws {
+        let image = try Integration.hello.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", image])
+        #expect(run.stdout.contains("GREETING is not set\n"))
+        #expect(run.stdout.contains("argv[0] = hello-pvh\n"))
+        #expect(run.status == 0, "stderr: \(run.stderr)")
+    }
+
+    @Test func aPanicGivesItsOwnStatusAndText() throws {
+        let image = try Integration.panic.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", image])
+        #expect(run.stdout.contains("about to panic\nrumprun: panic: integration test panic\n"))
+        #expect(run.stderr.contains("rumprun-cli: guest panicked: rumprun: panic: integration test panic"))
+        #expect(run.status == 120)
+    }
+
+    @Test func aHungGuestIsKilledAtTheTimeout() throws {
+        let image = try Integration.spin.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "3", image])
+        #expect(run.stdout.contains("spinning forever"))
+        #expect(run.stderr.contains("guest killed after the 3.0 s timeout"))
+        #expect(run.status == 124)
+    }
+
+    @Test func backgroundGuestsCanBeStopped() throws {
+        let image = try Integration.spin.get()
+        let log = Integration.imageDirectory + "/spin-background.log"
+        let run = try Integration.run(["run", "qemu", "--console-log", log, image])
+        #expect(run.status == 0, "stderr: \(run.stderr)")
+        let identifier = run.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(identifier.hasPrefix("qemu:"))
+        let pid = try #require(Int32(identifier.dropFirst(5)))
+        #expect(Launcher.isGuestRunning(pid: pid))
+        let stop = try Integration.run(["stop", identifier])
+        #expect(stop.status == 0, "stderr: \(stop.stderr)")
+        #expect(!Launcher.isGuestRunning(pid: pid))
+        let again = try Integration.run(["stop", identifier])
+        #expect(again.status == 1)
+        #expect(again.stderr.contains("no QEMU guest with process id \(pid)"))
+    }
+
+    @Test func launcherErrorsAreOneClearLine() throws {
+        let missing = try Integration.run(["run", "qemu", "-i", "/nonexistent/app.img"])
+        #expect(missing.status == 125)
+        #expect(missing.stderr == "rumprun-cli: error: image not found: /nonexistent/app.img\n")
+        let badOption = try Integration.run(["run", "qemu", "-i", "-M", "abc", "x.img"])
+        #expect(badOption.status == 64)
+        let badPlatform = try Integration.run(["run", "vmware", "x.img"])
+        #expect(badPlatform.status == 64)
+    }
+
+    @Test func aMultibootImageBootsOnPC() throws {
+        let baked = try Integration.bake("Examples/hello", format: .multiboot)
+        #expect(baked.result.report.format == .multiboot)
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", "--machine", "pc", baked.path, "--", "3"])
+        #expect(run.stdout.contains("exiting with status 3\n"))
+        #expect(run.status == 3)
+        let wrongMachine = try Integration.run(["run", "qemu", "-i", baked.path])
+        #expect(wrongMachine.status == 125)
+        #expect(wrongMachine.stderr.contains("cannot boot on microvm"))
+    }
+}
+
+@Suite struct BakeToolTests {
+    @Test func secondBakeOfAnUnchangedApplicationRebuildsNothing() throws {
+        _ = try Integration.hello.get()
+        let again = try Integration.bake("Examples/hello")
+        #expect(again.result.platformWasCached)
+        #expect(again.result.applicationWasCached)
+    }
+
+    @Test func bakeToolListsDescribesAndFailsClearly() throws {
+        func bake(_ arguments: [String]) throws -> (Int32, String, String) {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: try Integration.tool("bake"))
+            process.arguments = arguments
+            let out = Pipe()
+            let err = Pipe()
+            process.standardOutput = out
+            process.standardError = err
+            try process.run()
+            let o = out.fileHandleForReading.readDataToEndOfFile()
+            let e = err.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return (process.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        }
+        let list = try bake(["--list"])
+        #expect(list.0 == 0)
+        #expect(list.1.split(separator: "\n").map { String($0.prefix(while: { $0 != " " })) } == ["hw_generic", "hw_virtio", "xen_pv"])
+        let describe = try bake(["--describe", "hw_generic"])
+        #expect(describe.0 == 0 && describe.1.contains("multiboot"))
+        let unknown = try bake(["hw_nope", "/tmp/x.img", "Examples/hello"])
+        #expect(unknown.0 == 1)
+        #expect(unknown.2.hasPrefix("bake: error: unknown platform configuration 'hw_nope'"))
+        let text = Integration.imageDirectory + "/notelf.o"
+        try "hello".write(toFile: text, atomically: true, encoding: .utf8)
+        let notELF = try bake(["hw_generic", "/tmp/x.img", text])
+        #expect(notELF.0 == 1)
+        #expect(notELF.2 == "bake: error: \(text): not an ELF file or archive\n")
+        let usage = try bake(["hw_generic"])
+        #expect(usage.0 == 64)
+    }
+}
