@@ -11,10 +11,12 @@ public indirect enum JSONValue: Equatable, Sendable {
     case array([JSONValue])
     case object([JSONMember])
 
-    /// The first member named `key` of an object.
+    /// The first member named `key` of an object. Keys compare as UTF-8
+    /// bytes, not by canonical equivalence, which keeps Unicode
+    /// normalization tables out of images.
     public subscript(key: String) -> JSONValue? {
         guard case .object(let members) = self else { return nil }
-        for member in members where member.key == key { return member.value }
+        for member in members where member.key.utf8.elementsEqual(key.utf8) { return member.value }
         return nil
     }
 

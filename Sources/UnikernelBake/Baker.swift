@@ -10,12 +10,16 @@ public struct BakeRequest: Sendable {
     public var inputs: [String]
     /// nil: the configuration's default format.
     public var format: ImageFormat?
+    /// Keep the symbol table in a PVH image (for gdb and llvm-symbolizer);
+    /// by default it is stripped, since no loader reads it.
+    public var keepSymbols: Bool
 
-    public init(configuration: String, output: String, inputs: [String], format: ImageFormat? = nil) {
+    public init(configuration: String, output: String, inputs: [String], format: ImageFormat? = nil, keepSymbols: Bool = false) {
         self.configuration = configuration
         self.output = output
         self.inputs = inputs
         self.format = format
+        self.keepSymbols = keepSymbols
     }
 }
 
@@ -92,9 +96,13 @@ public struct Baker: Sendable {
         let linked = try ELFFile(path: linkedPath)
 
         progress("[4/5] checking the image with libelf")
+        // Every check, undefined symbols included, runs on the unstripped
+        // ELF64 image; the written file is checked again.
+        let pvh = try ImageWriter.pvhImage(from: linked)
+        _ = try ImageChecker.check(try ELFFile(bytes: pvh, path: request.output))
         let bytes: [UInt8]
         switch format {
-        case .pvh: bytes = try ImageWriter.pvhImage(from: linked)
+        case .pvh: bytes = request.keepSymbols ? pvh : try strip(pvh, directory: URL(fileURLWithPath: linkedPath).deletingLastPathComponent().path)
         case .multiboot: bytes = try ImageWriter.multibootImage(from: linked)
         }
         let report = try ImageChecker.check(try ELFFile(bytes: bytes, path: request.output))
@@ -105,6 +113,16 @@ public struct Baker: Sendable {
         progress("[5/5] writing \(format.rawValue) image \(request.output) (\(bytes.count) bytes)")
         try ImageWriter.write(bytes, to: request.output)
         return BakeResult(output: request.output, format: format, report: report, platformWasCached: platform.cached, applicationWasCached: applicationCached)
+    }
+
+    /// Removes the symbol and string tables with llvm-objcopy.
+    func strip(_ image: [UInt8], directory: String) throws(BakeError) -> [UInt8] {
+        let input = directory + "/unstripped.elf"
+        let output = directory + "/stripped.elf"
+        try ImageWriter.write(image, to: input)
+        try Toolchain.run(builder.toolchain.binDirectory + "/llvm-objcopy", ["--strip-all", input, output])
+        guard let data = FileManager.default.contents(atPath: output) else { throw .inputNotFound(output) }
+        return [UInt8](data)
     }
 
     /// Links into a fresh temporary directory; returns the ELF64 path.

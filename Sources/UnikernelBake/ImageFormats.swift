@@ -61,11 +61,32 @@ public enum ImageWriter {
     /// multiboot slot, so loaders that try multiboot first fall through to PVH.
     public static func pvhImage(from linked: ELFFile) throws(BakeError) -> [UInt8] {
         var bytes = linked.bytes
-        guard let slot = linked.symbol(named: multibootSlotSymbol), let offset = linked.fileOffset(ofAddress: slot.value) else {
-            throw .imageCheckFailed(path: linked.path, problems: ["no \(multibootSlotSymbol) symbol (was entry.S linked?)"])
-        }
-        for index in 0..<12 { bytes[Int(offset) + index] = 0 }
+        let slot = try multibootSlot(in: linked)
+        let offset = Int(linked.fileOffset(ofAddress: slot)!)
+        for index in 0..<12 { bytes[offset + index] = 0 }
         return bytes
+    }
+
+    /// The address of the 12-byte multiboot header slot: the
+    /// `multiboot_header` symbol, or, in a stripped image, the start of the
+    /// first executable segment, where the linker script puts it.
+    static func multibootSlot(in image: ELFFile) throws(BakeError) -> UInt64 {
+        let address: UInt64
+        if let symbol = image.symbol(named: multibootSlotSymbol) {
+            address = symbol.value
+        } else if let text = image.segments.first(where: { $0.type == ELFSegment.load && $0.isExecutable }) {
+            address = text.virtualAddress
+        } else {
+            throw .imageCheckFailed(path: image.path, problems: ["no executable segment to hold the multiboot header"])
+        }
+        guard let offset = image.fileOffset(ofAddress: address), offset + 12 <= UInt64(image.bytes.count) else {
+            throw .imageCheckFailed(path: image.path, problems: ["multiboot header slot 0x\(String(address, radix: 16)) is not in the file"])
+        }
+        let current = Array(image.bytes[Int(offset)..<Int(offset) + 12])
+        guard current == [UInt8](repeating: 0, count: 12) || MultibootHeader.find(in: current) == 0 else {
+            throw .imageCheckFailed(path: image.path, problems: ["no multiboot header slot at 0x\(String(address, radix: 16)) (not a swift-rumprun image?)"])
+        }
+        return address
     }
 
     /// The ELF32 image for multiboot loaders: the same PT_LOAD segments with
@@ -73,16 +94,13 @@ public enum ImageWriter {
     /// header lands inside the first 8 KiB.
     public static func multibootImage(from linked: ELFFile, header: MultibootHeader = MultibootHeader()) throws(BakeError) -> [UInt8] {
         guard linked.fileClass == .elf64 else { throw .wrongClass(path: linked.path, found: "ELF32") }
-        guard let slot = linked.symbol(named: multibootSlotSymbol) else {
-            throw .imageCheckFailed(path: linked.path, problems: ["no \(multibootSlotSymbol) symbol (was entry.S linked?)"])
-        }
+        let slot = try multibootSlot(in: linked)
         let loads = linked.segments.filter { $0.type == ELFSegment.load && $0.memorySize > 0 }
         for segment in loads where segment.virtualAddress + segment.memorySize > 0xFFFF_FFFF {
             throw .imageCheckFailed(path: linked.path, problems: ["segment at 0x\(String(segment.virtualAddress, radix: 16)) lies above 4 GiB; multiboot cannot load it"])
         }
-        guard let entry = linked.symbol(named: "_start_multiboot")?.value else {
-            throw .imageCheckFailed(path: linked.path, problems: ["no _start_multiboot symbol"])
-        }
+        // The ELF entry is the multiboot entry (ENTRY in the linker script).
+        let entry = linked.entry
 
         // Segment contents, multiboot header patched into the text segment.
         var payloads: [[UInt8]] = []
@@ -93,8 +111,8 @@ public enum ImageWriter {
                 throw .malformedELF(path: linked.path, detail: "segment data runs past the end of the file")
             }
             var payload = Array(linked.bytes[start..<end])
-            if slot.value >= segment.virtualAddress && slot.value + 12 <= segment.virtualAddress + segment.fileSize {
-                let at = Int(slot.value - segment.virtualAddress)
+            if slot >= segment.virtualAddress && slot + 12 <= segment.virtualAddress + segment.fileSize {
+                let at = Int(slot - segment.virtualAddress)
                 payload.replaceSubrange(at..<at + 12, with: header.bytes)
             }
             payloads.append(payload)

@@ -42,6 +42,9 @@ struct Bake: ParsableCommand {
       valueName: "dir"))
   var sourceRoot: String?
 
+  @Flag(name: .long, help: "Keep the symbol table in a pvh image (for gdb and llvm-symbolizer).")
+  var keepSymbols = false
+
   @Flag(name: .shortAndLong, help: "Print only errors.")
   var quiet = false
 
@@ -97,7 +100,7 @@ struct Bake: ParsableCommand {
       if !quiet { print(line) }
     }
     let result = try baker.bake(
-      BakeRequest(configuration: config!, output: output!, inputs: inputs, format: format))
+      BakeRequest(configuration: config!, output: output!, inputs: inputs, format: format, keepSymbols: keepSymbols))
     if !quiet {
       let segments = result.report.segments.filter { $0.type == ELFSegment.load }
         .map { "\($0.permissions) 0x\(String($0.virtualAddress, radix: 16))+\($0.memorySize)" }
