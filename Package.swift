@@ -71,7 +71,20 @@ if !guest {
             providers: [.apt(["libelf-dev"])]
         ),
         // --- RumpHypercall (rumpuser v17) ---
-        .target(name: "RumpHypercall"),
+        // The C ABI (rumpuser.h) and the C-only pieces (varargs dprintf, TLS).
+        .target(name: "CRumpUser"),
+        // The POSIX host implementation, exported as the rumpuser_* symbols.
+        .target(name: "RumpHypercall", dependencies: ["CRumpUser"]),
+        // A C harness that behaves like a rump kernel (driver/ is the C
+        // program linked against librumpuser.so; see Docs/rumphypercall.md).
+        .target(name: "RumpUserConformance", dependencies: ["CRumpUser"], exclude: ["driver"]),
+        // C benchmark: each hypercall beside a plain pthread baseline.
+        .executableTarget(
+            name: "hypercall-bench",
+            dependencies: ["RumpHypercall"],
+            path: "Benchmarks/hypercall",
+            exclude: ["README.md"]
+        ),
         // --- XenPVKit ---
         .target(name: "CXen"),
         .target(name: "XenPVKit", dependencies: ["CXen", "DeviceInterfaces"]),
@@ -93,9 +106,14 @@ if !guest {
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
+        .executableTarget(
+            name: "boot-benchmark",
+            dependencies: ["UnikernelBake"],
+            path: "Benchmarks/boot"
+        ),
         .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"]),
         .testTarget(name: "UnikernelBakeTests", dependencies: ["UnikernelBake", "CLibELF"]),
-        .testTarget(name: "RumpHypercallTests", dependencies: ["RumpHypercall"]),
+        .testTarget(name: "RumpHypercallTests", dependencies: ["RumpHypercall", "RumpUserConformance"]),
         .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit", "CXen"]),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack"]),
         .testTarget(name: "DeviceInterfacesTests", dependencies: ["DeviceInterfaces"]),
@@ -103,6 +121,8 @@ if !guest {
     ]
     products += [
         .library(name: "RumpHypercall", targets: ["RumpHypercall"]),
+        .library(name: "rumpuser", type: .dynamic, targets: ["RumpHypercall"]),
+        .library(name: "rumpuser-static", type: .static, targets: ["RumpHypercall"]),
         .library(name: "XenPVKit", targets: ["XenPVKit"]),
         .library(name: "UnikernelBake", targets: ["UnikernelBake"]),
         .executable(name: "bake", targets: ["bake"]),
