@@ -35,7 +35,7 @@ var targets: [Target] = [
     ),
     .target(
         name: "BareMetalKit",
-        dependencies: ["CPUPrimitives"],
+        dependencies: ["CPUPrimitives", "DeviceInterfaces"],
         swiftSettings: guestSwiftSettings
     ),
     .target(
@@ -112,6 +112,8 @@ if !guest {
             path: "Benchmarks/boot"
         ),
         .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"]),
+        // Drivers (PCI, virtio, e1000) against device models.
+        .testTarget(name: "DriverTests", dependencies: ["BareMetalKit", "DeviceInterfaces"]),
         .testTarget(name: "UnikernelBakeTests", dependencies: ["UnikernelBake", "CLibELF"]),
         .testTarget(name: "RumpHypercallTests", dependencies: ["RumpHypercall", "RumpUserConformance"]),
         .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit", "CXen"]),

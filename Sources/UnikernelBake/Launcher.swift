@@ -293,7 +293,17 @@ public enum Launcher {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        posix_spawnattr_setflags(&attributes, 0x80)  // POSIX_SPAWN_SETSID (glibc, _GNU_SOURCE)
+        // A new session, an empty signal mask and default dispositions: a
+        // parent that blocks SIGTERM (test runners do) must not pass that on,
+        // or `rumprun-cli stop` could not end the guest.
+        var noSignals = sigset_t()
+        sigemptyset(&noSignals)
+        var allSignals = sigset_t()
+        sigfillset(&allSignals)
+        posix_spawnattr_setsigmask(&attributes, &noSignals)
+        posix_spawnattr_setsigdefault(&attributes, &allSignals)
+        // POSIX_SPAWN_SETSID (0x80, glibc) | SETSIGMASK (0x08) | SETSIGDEF (0x04)
+        posix_spawnattr_setflags(&attributes, 0x80 | 0x08 | 0x04)
 
         var pid: pid_t = 0
         let argv = arguments.map { strdup($0) } + [nil]
@@ -336,6 +346,12 @@ public enum Launcher {
             usleep(50_000)
         }
         kill(pid, SIGKILL)
+        let killDeadline = Date().addingTimeInterval(5)
+        while Date() < killDeadline {
+            if !isGuestRunning(pid: pid) { return }
+            usleep(20_000)
+        }
+        throw .notAGuest("QEMU process \(pid) survived SIGKILL")
     }
 
     /// Whether `pid` is a live QEMU process. A background guest's parent

@@ -1,0 +1,296 @@
+/*
+ * hypercall-bench: each rumpuser hypercall beside a plain C pthread
+ * implementation of the same operation, measured in the same run.
+ *
+ *   swift run -c release hypercall-bench [scale]
+ *
+ * The upcall table is a minimal one (no-op CPU release/retake through
+ * function pointers), so the figures are the hypercall layer's own cost.
+ * Each figure is the best of 5 runs; output is a Markdown table.
+ */
+
+#define _GNU_SOURCE
+#include "rumpuser.h"
+
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static double
+now(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+typedef void (*bench_fn)(long iterations);
+
+static double
+best_ns_per_op(bench_fn fn, long iterations)
+{
+	double best = 1e30;
+
+	fn(iterations / 10 + 1);	/* warm up */
+	for (int run = 0; run < 5; run++) {
+		double t0 = now();
+		fn(iterations);
+		double ns = (now() - t0) * 1e9 / (double)iterations;
+		if (ns < best)
+			best = ns;
+	}
+	return best;
+}
+
+/* ---- upcalls: what a kernel's cheapest path costs ----------------------- */
+
+static _Atomic long releases;
+static void up_void(void) {}
+static void up_unschedule(int d, int *nlocks, void *il) { (void)d; (void)il; *nlocks = 0; releases++; }
+static void up_schedule(int n, void *il) { (void)n; (void)il; }
+static void up_switch(struct lwp *l) { (void)l; }
+static int up_rfork(void *p, int f, const char *c) { (void)p; (void)f; (void)c; return 78; }
+static int up_newlwp(pid_t p) { (void)p; return 0; }
+static struct lwp *up_curlwp(void) { return rumpuser_curlwp(); }
+static int up_syscall(int n, void *a, long *r) { (void)n; (void)a; (void)r; return 78; }
+static void up_exec(const char *c) { (void)c; }
+static pid_t up_getpid(void) { return 1; }
+static const struct rumpuser_hyperup upcalls = {
+	up_void, up_void, up_unschedule, up_schedule, up_switch, up_void,
+	up_rfork, up_newlwp, up_curlwp, up_syscall, up_void, up_exec, up_getpid, { 0 }
+};
+
+/* ---- uncontended mutex ----------------------------------------------------- */
+
+static struct rumpuser_mtx *rmtx;
+static pthread_mutex_t pmtx = PTHREAD_MUTEX_INITIALIZER;
+static volatile long shared_counter;
+
+static void rump_uncontended(long n) {
+	for (long i = 0; i < n; i++) { rumpuser_mutex_enter(rmtx); shared_counter++; rumpuser_mutex_exit(rmtx); }
+}
+static void pthread_uncontended(long n) {
+	for (long i = 0; i < n; i++) { pthread_mutex_lock(&pmtx); shared_counter++; pthread_mutex_unlock(&pmtx); }
+}
+
+/* ---- contended mutex: two threads on one lock -------------------------------- */
+
+static long contended_n;
+static void *rump_contender(void *arg) {
+	(void)arg;
+	for (long i = 0; i < contended_n; i++) { rumpuser_mutex_enter(rmtx); shared_counter++; rumpuser_mutex_exit(rmtx); }
+	return NULL;
+}
+static void *pthread_contender(void *arg) {
+	(void)arg;
+	for (long i = 0; i < contended_n; i++) { pthread_mutex_lock(&pmtx); shared_counter++; pthread_mutex_unlock(&pmtx); }
+	return NULL;
+}
+static void two_threads(void *(*fn)(void *), long n) {
+	pthread_t t;
+	contended_n = n / 2;
+	pthread_create(&t, NULL, fn, NULL);
+	fn(NULL);
+	pthread_join(t, NULL);
+}
+static void rump_contended(long n) { two_threads(rump_contender, n); }
+static void pthread_contended(long n) { two_threads(pthread_contender, n); }
+
+/* ---- cv ping-pong: each op is one hand-over ------------------------------------ */
+
+static struct rumpuser_cv *rcv;
+static pthread_cond_t pcv;
+static long turn, pingpong_n;
+
+static void *rump_pong(void *arg) {
+	long me = (long)arg;
+	rumpuser_mutex_enter(rmtx);
+	for (long i = 0; i < pingpong_n; i++) {
+		while ((turn & 1) != me)
+			rumpuser_cv_wait(rcv, rmtx);
+		turn++;
+		rumpuser_cv_signal(rcv);
+	}
+	rumpuser_mutex_exit(rmtx);
+	return NULL;
+}
+static void *pthread_pong(void *arg) {
+	long me = (long)arg;
+	pthread_mutex_lock(&pmtx);
+	for (long i = 0; i < pingpong_n; i++) {
+		while ((turn & 1) != me)
+			pthread_cond_wait(&pcv, &pmtx);
+		turn++;
+		pthread_cond_signal(&pcv);
+	}
+	pthread_mutex_unlock(&pmtx);
+	return NULL;
+}
+static void pingpong(void *(*fn)(void *), long n) {
+	pthread_t t;
+	turn = 0;
+	pingpong_n = n / 2;
+	pthread_create(&t, NULL, fn, (void *)1);
+	fn((void *)0);
+	pthread_join(t, NULL);
+}
+static void rump_pingpong(long n) { pingpong(rump_pong, n); }
+static void pthread_pingpong(long n) { pingpong(pthread_pong, n); }
+
+/* ---- thread create + join --------------------------------------------------------- */
+
+static void *nothing(void *arg) { return arg; }
+static void rump_create_join(long n) {
+	for (long i = 0; i < n; i++) {
+		void *cookie;
+		rumpuser_thread_create(nothing, NULL, "bench", 1, 0, -1, &cookie);
+		rumpuser_thread_join(cookie);
+	}
+}
+static void pthread_create_join(long n) {
+	for (long i = 0; i < n; i++) {
+		pthread_t t;
+		pthread_create(&t, NULL, nothing, NULL);
+		pthread_join(t, NULL);
+	}
+}
+
+/* ---- 4 KiB block I/O round trip ------------------------------------------------------ */
+
+static int bench_fd;
+static char iobuf[4096] __attribute__((aligned(4096)));
+static int bio_done;
+
+static void bench_biodone(void *arg, size_t len, int error) {
+	(void)arg;
+	if (len != sizeof(iobuf) || error != 0)
+		abort();
+	rumpuser_mutex_enter_nowrap(rmtx);
+	bio_done = 1;
+	rumpuser_cv_signal(rcv);
+	rumpuser_mutex_exit(rmtx);
+}
+static void rump_bio(long n) {
+	for (long i = 0; i < n; i++) {
+		bio_done = 0;
+		rumpuser_bio(bench_fd, RUMPUSER_BIO_READ, iobuf, sizeof(iobuf), (i % 256) * 4096,
+		    bench_biodone, NULL);
+		rumpuser_mutex_enter(rmtx);
+		while (!bio_done)
+			rumpuser_cv_wait(rcv, rmtx);
+		rumpuser_mutex_exit(rmtx);
+	}
+}
+
+/* The same operation in plain C: a worker thread, a queue, pread, wakeup. */
+static pthread_mutex_t q_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t q_work = PTHREAD_COND_INITIALIZER, q_done = PTHREAD_COND_INITIALIZER;
+static long q_offset = -1;
+static int q_finished;
+static void *pthread_io_worker(void *arg) {
+	(void)arg;
+	pthread_mutex_lock(&q_lock);
+	for (;;) {
+		while (q_offset < 0)
+			pthread_cond_wait(&q_work, &q_lock);
+		long off = q_offset;
+		q_offset = -1;
+		pthread_mutex_unlock(&q_lock);
+		if (pread(bench_fd, iobuf, sizeof(iobuf), off) != (ssize_t)sizeof(iobuf))
+			abort();
+		pthread_mutex_lock(&q_lock);
+		q_finished = 1;
+		pthread_cond_signal(&q_done);
+	}
+	return NULL;
+}
+static void pthread_bio(long n) {
+	for (long i = 0; i < n; i++) {
+		pthread_mutex_lock(&q_lock);
+		q_finished = 0;
+		q_offset = (i % 256) * 4096;
+		pthread_cond_signal(&q_work);
+		while (!q_finished)
+			pthread_cond_wait(&q_done, &q_lock);
+		pthread_mutex_unlock(&q_lock);
+	}
+}
+
+/* ---- curlwp ---------------------------------------------------------------------------- */
+
+/*
+ * The baseline: a C function that returns a thread-local, which is what a
+ * C librumpuser's rumpuser_curlwp is.  Both are called through a volatile
+ * function pointer, as a kernel in another object calls them through its
+ * PLT, so that neither call can be hoisted out of the loop.
+ */
+static __thread struct lwp *plain_tls;
+static struct lwp *plain_tls_load(void) { return plain_tls; }
+static struct lwp *(*volatile rump_curlwp_fn)(void) = rumpuser_curlwp;
+static struct lwp *(*volatile tls_curlwp_fn)(void) = plain_tls_load;
+static volatile uintptr_t sink;
+static void rump_curlwp(long n) {
+	struct lwp *(*fn)(void) = rump_curlwp_fn;
+	uintptr_t sum = 0;
+	for (long i = 0; i < n; i++) { sum += (uintptr_t)fn(); __asm__ __volatile__("" ::: "memory"); }
+	sink = sum;
+}
+static void tls_curlwp(long n) {
+	struct lwp *(*fn)(void) = tls_curlwp_fn;
+	uintptr_t sum = 0;
+	for (long i = 0; i < n; i++) { sum += (uintptr_t)fn(); __asm__ __volatile__("" ::: "memory"); }
+	sink = sum;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void
+row(const char *name, bench_fn rump, bench_fn baseline, long iterations)
+{
+	double r = best_ns_per_op(rump, iterations);
+	double b = best_ns_per_op(baseline, iterations);
+	printf("| %-34s | %9.1f | %9.1f | %+6.1f%% |\n", name, r, b, (r / b - 1.0) * 100.0);
+	fflush(stdout);
+}
+
+int
+main(int argc, char **argv)
+{
+	long scale = argc > 1 ? atol(argv[1]) : 1;
+	char path[] = "/tmp/hypercall-bench-XXXXXX";
+	static char block[4096];
+	struct lwp *fake = (struct lwp *)0x1000;
+
+	if (rumpuser_init(RUMPUSER_VERSION, &upcalls) != 0)
+		return 1;
+	rumpuser_curlwpop(RUMPUSER_LWP_SET, fake);
+	plain_tls = fake;
+	rumpuser_mutex_init(&rmtx, RUMPUSER_MTX_KMUTEX);
+	rumpuser_cv_init(&rcv);
+	pthread_cond_init(&pcv, NULL);
+
+	bench_fd = mkstemp(path);
+	memset(block, 0x42, sizeof(block));
+	for (int i = 0; i < 256; i++)
+		if (write(bench_fd, block, sizeof(block)) != (ssize_t)sizeof(block))
+			return 1;
+	unlink(path);
+	pthread_t worker;
+	pthread_create(&worker, NULL, pthread_io_worker, NULL);
+
+	printf("| operation (ns/op, best of 5)        | rumpuser  | C pthread | diff    |\n");
+	printf("|------------------------------------|-----------|-----------|---------|\n");
+	row("mutex enter/exit, uncontended", rump_uncontended, pthread_uncontended, 2000000 * scale);
+	row("mutex enter/exit, 2 threads", rump_contended, pthread_contended, 1000000 * scale);
+	row("cv signal/wait ping-pong", rump_pingpong, pthread_pingpong, 50000 * scale);
+	row("thread create + join", rump_create_join, pthread_create_join, 2000 * scale);
+	row("4 KiB bio round trip (page cache)", rump_bio, pthread_bio, 20000 * scale);
+	row("curlwp lookup", rump_curlwp, tls_curlwp, 20000000 * scale);
+	printf("\nCPU releases during the run: %ld (contended paths only)\n", (long)releases);
+	return 0;
+}

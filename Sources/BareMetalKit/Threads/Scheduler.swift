@@ -1,0 +1,401 @@
+// Scheduler: the thread state machine of the hw platform as pure logic:
+// runnable/running/blocked/sleeping/exited threads, priority run queues
+// (FIFO within a priority), wait queues, joins, and mutex, condition
+// variable (with timed wait) and semaphore semantics. The context-switch
+// layer asks it who runs next; it never touches a stack. Semantics follow
+// rumpuser(3) (NetBSD) for the synchronisation objects.
+
+/// A thread's identity (an index into the scheduler's table).
+public struct ThreadID: Hashable, Sendable {
+    public let rawValue: Int
+}
+
+/// A mutex, condition variable or semaphore's identity.
+public struct WaitObjectID: Hashable, Sendable {
+    public let rawValue: Int
+}
+
+/// Why a thread is not runnable.
+public enum BlockReason: Equatable, Sendable {
+    case mutex(WaitObjectID)
+    case condition(WaitObjectID)
+    case semaphore(WaitObjectID)
+    case join(ThreadID)
+    case sleep
+}
+
+/// Where a thread is in its life.
+public enum ThreadState: Equatable, Sendable {
+    case runnable
+    case running
+    /// Waiting, with the deadline of a timed wait (nil: until woken).
+    case blocked(BlockReason, deadline: UInt64?)
+    case exited(status: Int)
+}
+
+/// How a wait ended.
+public enum WakeReason: Equatable, Sendable {
+    case signaled
+    case timedOut
+}
+
+/// Misuse of the scheduler's API (a bug in the caller).
+public enum SchedulerError: Error, Equatable {
+    case noSuchThread(ThreadID)
+    case noCurrentThread
+    case notOwner(mutex: WaitObjectID, thread: ThreadID)
+    case relock(mutex: WaitObjectID)
+    case joinSelf
+    case alreadyJoined(ThreadID)
+    case wrongObject(WaitObjectID)
+}
+
+/// The scheduler of one CPU.
+public struct Scheduler {
+    struct ThreadRecord {
+        var state: ThreadState
+        var priority: Int
+        var wakeReason: WakeReason = .signaled
+        var timer: TimerHandle? = nil
+        var joiner: ThreadID? = nil
+        var joined = false
+        /// For a condition wait: the mutex to take again once woken.
+        var reacquire: WaitObjectID? = nil
+    }
+
+    enum ObjectKind {
+        case mutex(owner: ThreadID?)
+        case condition
+        case semaphore(count: Int)
+    }
+
+    struct WaitObject {
+        var kind: ObjectKind
+        var waiters: [ThreadID] = []
+    }
+
+    var threads: [ThreadRecord] = []
+    var objects: [WaitObject] = []
+    /// Run queues by priority (0 lowest); FIFO within each.
+    var runQueues: [[ThreadID]]
+    var timers = DeadlineQueue<ThreadID>()
+    public private(set) var current: ThreadID? = nil
+    public private(set) var now: UInt64 = 0
+
+    /// A scheduler with `priorityLevels` priorities (0 ... levels − 1, higher runs first).
+    public init(priorityLevels: Int = 4) {
+        runQueues = Array(repeating: [], count: max(priorityLevels, 1))
+    }
+
+    public func state(of thread: ThreadID) -> ThreadState? {
+        thread.rawValue < threads.count ? threads[thread.rawValue].state : nil
+    }
+
+    /// How the thread's last wait ended.
+    public func wakeReason(of thread: ThreadID) -> WakeReason? {
+        thread.rawValue < threads.count ? threads[thread.rawValue].wakeReason : nil
+    }
+
+    /// The earliest deadline among sleeping and timed waits (for the timer).
+    public var nextDeadline: UInt64? { timers.nextDeadline }
+
+    /// Whether any thread can run.
+    public var hasRunnableThreads: Bool { runQueues.contains { !$0.isEmpty } }
+
+    // MARK: Threads
+
+    /// A new runnable thread.
+    public mutating func createThread(priority: Int = 0) -> ThreadID {
+        let id = ThreadID(rawValue: threads.count)
+        let level = min(max(priority, 0), runQueues.count - 1)
+        threads.append(ThreadRecord(state: .runnable, priority: level))
+        runQueues[level].append(id)
+        return id
+    }
+
+    /// Picks the thread to run: the first of the highest non-empty run
+    /// queue. A still-running current thread keeps the CPU unless a thread
+    /// of higher priority is runnable. Nil means idle (halt until the next
+    /// deadline or interrupt).
+    public mutating func schedule() -> ThreadID? {
+        if let running = current, threads[running.rawValue].state == .running {
+            let priority = threads[running.rawValue].priority
+            guard let level = highestRunnableLevel(), level > priority else { return running }
+            threads[running.rawValue].state = .runnable
+            runQueues[priority].append(running)
+        }
+        guard let level = highestRunnableLevel() else {
+            current = nil
+            return nil
+        }
+        let next = runQueues[level].removeFirst()
+        threads[next.rawValue].state = .running
+        current = next
+        return next
+    }
+
+    func highestRunnableLevel() -> Int? {
+        var level = runQueues.count - 1
+        while level >= 0 {
+            if !runQueues[level].isEmpty { return level }
+            level -= 1
+        }
+        return nil
+    }
+
+    /// The current thread goes to the back of its run queue.
+    public mutating func yield() throws(SchedulerError) {
+        let thread = try running()
+        threads[thread.rawValue].state = .runnable
+        runQueues[threads[thread.rawValue].priority].append(thread)
+        current = nil
+    }
+
+    /// The current thread sleeps until `deadline` (nanoseconds).
+    public mutating func sleep(until deadline: UInt64) throws(SchedulerError) {
+        let thread = try running()
+        block(thread, .sleep, deadline: deadline)
+    }
+
+    /// Advances the clock, waking sleepers and timing out waits whose
+    /// deadline passed. Returns how many threads became runnable.
+    @discardableResult
+    public mutating func advanceTime(to time: UInt64) -> Int {
+        now = max(now, time)
+        var woken = 0
+        while let (_, _, thread) = timers.popExpired(now: now) {
+            threads[thread.rawValue].timer = nil
+            guard case .blocked(let reason, _) = threads[thread.rawValue].state else { continue }
+            switch reason {
+            case .sleep:
+                makeRunnable(thread, .signaled)
+            case .condition(let condition), .semaphore(let condition), .mutex(let condition):
+                removeWaiter(thread, from: condition)
+                if case .condition = reason, let mutex = threads[thread.rawValue].reacquire {
+                    threads[thread.rawValue].wakeReason = .timedOut
+                    acquireOrQueue(thread, mutex: mutex, reason: .timedOut)
+                    woken += threads[thread.rawValue].state == .runnable ? 1 : 0
+                    continue
+                }
+                makeRunnable(thread, .timedOut)
+            case .join:
+                makeRunnable(thread, .timedOut)
+            }
+            woken += 1
+        }
+        return woken
+    }
+
+    /// Ends the current thread; a joiner waiting for it wakes.
+    public mutating func exit(status: Int) throws(SchedulerError) {
+        let thread = try running()
+        threads[thread.rawValue].state = .exited(status: status)
+        current = nil
+        if let joiner = threads[thread.rawValue].joiner, case .blocked(.join(thread), _) = threads[joiner.rawValue].state {
+            makeRunnable(joiner, .signaled)
+        }
+    }
+
+    /// Waits for `thread` to exit: its status when it already has (nil
+    /// when the current thread blocked; call `exitStatus(of:)` once woken).
+    public mutating func join(_ thread: ThreadID) throws(SchedulerError) -> Int? {
+        let me = try running()
+        guard thread.rawValue < threads.count else { throw .noSuchThread(thread) }
+        guard thread != me else { throw .joinSelf }
+        guard !threads[thread.rawValue].joined else { throw .alreadyJoined(thread) }
+        if case .exited(let status) = threads[thread.rawValue].state {
+            threads[thread.rawValue].joined = true
+            return status
+        }
+        threads[thread.rawValue].joiner = me
+        block(me, .join(thread), deadline: nil)
+        return nil
+    }
+
+    /// The exit status of a thread that exited (and marks it joined).
+    public mutating func exitStatus(of thread: ThreadID) -> Int? {
+        guard thread.rawValue < threads.count, case .exited(let status) = threads[thread.rawValue].state else { return nil }
+        threads[thread.rawValue].joined = true
+        return status
+    }
+
+    // MARK: Mutexes
+
+    public mutating func createMutex() -> WaitObjectID { newObject(.mutex(owner: nil)) }
+    public mutating func createCondition() -> WaitObjectID { newObject(.condition) }
+    public mutating func createSemaphore(count: Int) -> WaitObjectID { newObject(.semaphore(count: count)) }
+
+    /// The owner of a mutex.
+    public func owner(of mutex: WaitObjectID) -> ThreadID? {
+        guard mutex.rawValue < objects.count, case .mutex(let owner) = objects[mutex.rawValue].kind else { return nil }
+        return owner
+    }
+
+    /// Takes the mutex: true when acquired, false when the current thread
+    /// blocked (it owns the mutex once it runs again).
+    public mutating func lock(_ mutex: WaitObjectID) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .mutex(let owner) = try object(mutex).kind else { throw .wrongObject(mutex) }
+        if owner == me { throw .relock(mutex: mutex) }
+        acquireOrQueue(me, mutex: mutex, reason: .signaled)
+        return owner == nil
+    }
+
+    /// Takes the mutex only if it is free.
+    public mutating func tryLock(_ mutex: WaitObjectID) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .mutex(let owner) = try object(mutex).kind else { throw .wrongObject(mutex) }
+        guard owner == nil else { return false }
+        objects[mutex.rawValue].kind = .mutex(owner: me)
+        return true
+    }
+
+    /// Releases the mutex, handing it to the first waiter (FIFO).
+    public mutating func unlock(_ mutex: WaitObjectID) throws(SchedulerError) {
+        let me = try running()
+        try release(mutex, by: me)
+    }
+
+    // MARK: Condition variables
+
+    /// Releases `mutex` and waits on `condition` until signalled or until
+    /// `deadline`; the thread owns `mutex` again when it next runs, and
+    /// `wakeReason(of:)` says which.
+    public mutating func wait(_ condition: WaitObjectID, mutex: WaitObjectID, deadline: UInt64? = nil) throws(SchedulerError) {
+        let me = try running()
+        guard case .condition = try object(condition).kind else { throw .wrongObject(condition) }
+        try release(mutex, by: me)
+        threads[me.rawValue].reacquire = mutex
+        objects[condition.rawValue].waiters.append(me)
+        block(me, .condition(condition), deadline: deadline)
+    }
+
+    /// Wakes the first waiter of `condition`, if any.
+    public mutating func signal(_ condition: WaitObjectID) throws(SchedulerError) {
+        guard case .condition = try object(condition).kind else { throw .wrongObject(condition) }
+        guard !objects[condition.rawValue].waiters.isEmpty else { return }
+        let waiter = objects[condition.rawValue].waiters.removeFirst()
+        wakeFromCondition(waiter)
+    }
+
+    /// Wakes every waiter of `condition`.
+    public mutating func broadcast(_ condition: WaitObjectID) throws(SchedulerError) {
+        guard case .condition = try object(condition).kind else { throw .wrongObject(condition) }
+        let waiters = objects[condition.rawValue].waiters
+        objects[condition.rawValue].waiters = []
+        for waiter in waiters { wakeFromCondition(waiter) }
+    }
+
+    // MARK: Semaphores
+
+    /// Takes a unit: true at once, false when the current thread blocked
+    /// (it holds the unit once it runs again, or timed out at `deadline`).
+    public mutating func down(_ semaphore: WaitObjectID, deadline: UInt64? = nil) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .semaphore(let count) = try object(semaphore).kind else { throw .wrongObject(semaphore) }
+        if count > 0 {
+            objects[semaphore.rawValue].kind = .semaphore(count: count - 1)
+            return true
+        }
+        objects[semaphore.rawValue].waiters.append(me)
+        block(me, .semaphore(semaphore), deadline: deadline)
+        return false
+    }
+
+    /// Returns a unit, handing it straight to the first waiter.
+    public mutating func up(_ semaphore: WaitObjectID) throws(SchedulerError) {
+        guard case .semaphore(let count) = try object(semaphore).kind else { throw .wrongObject(semaphore) }
+        if objects[semaphore.rawValue].waiters.isEmpty {
+            objects[semaphore.rawValue].kind = .semaphore(count: count + 1)
+        } else {
+            let waiter = objects[semaphore.rawValue].waiters.removeFirst()
+            makeRunnable(waiter, .signaled)
+        }
+    }
+
+    public func count(of semaphore: WaitObjectID) -> Int? {
+        guard semaphore.rawValue < objects.count, case .semaphore(let count) = objects[semaphore.rawValue].kind else { return nil }
+        return count
+    }
+
+    // MARK: Internals
+
+    func running() throws(SchedulerError) -> ThreadID {
+        guard let current, threads[current.rawValue].state == .running else { throw .noCurrentThread }
+        return current
+    }
+
+    func object(_ id: WaitObjectID) throws(SchedulerError) -> WaitObject {
+        guard id.rawValue >= 0, id.rawValue < objects.count else { throw .wrongObject(id) }
+        return objects[id.rawValue]
+    }
+
+    mutating func newObject(_ kind: ObjectKind) -> WaitObjectID {
+        objects.append(WaitObject(kind: kind))
+        return WaitObjectID(rawValue: objects.count - 1)
+    }
+
+    mutating func block(_ thread: ThreadID, _ reason: BlockReason, deadline: UInt64?) {
+        threads[thread.rawValue].state = .blocked(reason, deadline: deadline)
+        if let deadline { threads[thread.rawValue].timer = timers.schedule(thread, at: deadline) }
+        if current == thread { current = nil }
+    }
+
+    mutating func makeRunnable(_ thread: ThreadID, _ reason: WakeReason) {
+        if let timer = threads[thread.rawValue].timer {
+            timers.cancel(timer)
+            threads[thread.rawValue].timer = nil
+        }
+        threads[thread.rawValue].state = .runnable
+        threads[thread.rawValue].wakeReason = reason
+        runQueues[threads[thread.rawValue].priority].append(thread)
+    }
+
+    mutating func removeWaiter(_ thread: ThreadID, from object: WaitObjectID) {
+        objects[object.rawValue].waiters.removeAll { $0 == thread }
+    }
+
+    /// Gives `mutex` to `thread` if free (runnable if it was blocked), else
+    /// queues it on the mutex.
+    mutating func acquireOrQueue(_ thread: ThreadID, mutex: WaitObjectID, reason: WakeReason) {
+        guard case .mutex(let owner) = objects[mutex.rawValue].kind else { return }
+        threads[thread.rawValue].reacquire = nil
+        if owner == nil {
+            objects[mutex.rawValue].kind = .mutex(owner: thread)
+            if case .blocked = threads[thread.rawValue].state { makeRunnable(thread, reason) }
+        } else {
+            objects[mutex.rawValue].waiters.append(thread)
+            if let timer = threads[thread.rawValue].timer {
+                timers.cancel(timer)
+                threads[thread.rawValue].timer = nil
+            }
+            threads[thread.rawValue].wakeReason = reason
+            threads[thread.rawValue].state = .blocked(.mutex(mutex), deadline: nil)
+            if current == thread { current = nil }
+        }
+    }
+
+    mutating func wakeFromCondition(_ waiter: ThreadID) {
+        guard let mutex = threads[waiter.rawValue].reacquire else {
+            makeRunnable(waiter, .signaled)
+            return
+        }
+        if let timer = threads[waiter.rawValue].timer {
+            timers.cancel(timer)
+            threads[waiter.rawValue].timer = nil
+        }
+        acquireOrQueue(waiter, mutex: mutex, reason: .signaled)
+    }
+
+    mutating func release(_ mutex: WaitObjectID, by thread: ThreadID) throws(SchedulerError) {
+        guard case .mutex(let owner) = try object(mutex).kind else { throw .wrongObject(mutex) }
+        guard owner == thread else { throw .notOwner(mutex: mutex, thread: thread) }
+        if objects[mutex.rawValue].waiters.isEmpty {
+            objects[mutex.rawValue].kind = .mutex(owner: nil)
+        } else {
+            let next = objects[mutex.rawValue].waiters.removeFirst()
+            objects[mutex.rawValue].kind = .mutex(owner: next)
+            makeRunnable(next, threads[next.rawValue].wakeReason)
+        }
+    }
+}

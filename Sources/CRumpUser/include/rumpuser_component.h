@@ -1,0 +1,34 @@
+/*
+ * rumpuser_component.h: helpers for host-side components of rump kernel
+ * drivers (NetBSD lib/librumpuser/rumpuser_component.h).
+ *
+ * A component's host half (say a virtual network interface reading a tap
+ * device) runs on host threads.  Before it blocks in the host it gives up the
+ * rump kernel CPU with rumpuser_component_unschedule() and takes one back
+ * with rumpuser_component_schedule(cookie).  The kthread helpers give a host
+ * thread its own rump kernel lwp so that it can enter the kernel later.
+ */
+
+#ifndef _RUMP_RUMPUSER_COMPONENT_H_
+#define _RUMP_RUMPUSER_COMPONENT_H_
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+struct lwp;
+
+void *rumpuser_component_unschedule(void);
+void rumpuser_component_schedule(void *);
+int rumpuser_component_errtrans(int);
+
+void rumpuser_component_kthread(void);
+struct lwp *rumpuser_component_curlwp(void);
+void rumpuser_component_switchlwp(struct lwp *);
+void rumpuser_component_kthread_release(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* _RUMP_RUMPUSER_COMPONENT_H_ */

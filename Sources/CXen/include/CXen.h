@@ -1,0 +1,146 @@
+// CXen: the Xen public headers of libxen-dev (Xen 4.17, interface version
+// 0x00040e00) for Swift, plus the ABI shim's declarations. No layout here is
+// copied: every structure comes from <xen/...> as installed.
+//
+// Include paths: the headers are found as <xen/...> through the compiler's
+// default system directory (/usr/include on Debian). Only <stdint.h> and
+// <stddef.h> are needed besides them, and both come from the compiler's own
+// resource directory; with -ffreestanding (the guest world) clang does not
+// chain to glibc's <stdint.h>, so no glibc header is read (checked with
+// `clang -target x86_64-unknown-none-elf -ffreestanding -M`).
+#ifndef CXEN_H
+#define CXEN_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+// The interface these headers were written for; must precede xen-compat.h.
+#ifndef __XEN_INTERFACE_VERSION__
+#define __XEN_INTERFACE_VERSION__ 0x00040e00
+#endif
+
+#include <xen/xen.h>
+#include <xen/event_channel.h>
+#include <xen/grant_table.h>
+#include <xen/memory.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/hvm/params.h>
+#include <xen/arch-x86/hvm/start_info.h>
+#include <xen/arch-x86/cpuid.h>
+#include <xen/io/ring.h>
+#include <xen/io/xs_wire.h>
+#include <xen/io/netif.h>
+#include <xen/io/blkif.h>
+#include <xen/io/console.h>
+#include <xen/io/xenbus.h>
+#include <xen/io/protocols.h>
+#include <xen/errno.h>
+
+// Field offsets the Swift code reads and writes through raw pointers
+// (Embedded Swift has no key paths, so MemoryLayout.offset(of:) is out),
+// each measured here by the compiler as CXEN_OFFSETOF_<struct>_<field>.
+#define CXEN_OFFSETOF(type, field) CXEN_OFFSETOF_##type##_##field = offsetof(struct type, field)
+enum {
+    CXEN_OFFSETOF(shared_info, vcpu_info),
+    CXEN_OFFSETOF(shared_info, evtchn_pending),
+    CXEN_OFFSETOF(shared_info, evtchn_mask),
+    CXEN_OFFSETOF(vcpu_info, evtchn_upcall_pending),
+    CXEN_OFFSETOF(vcpu_info, evtchn_pending_sel),
+    CXEN_OFFSETOF(grant_entry_v1, flags),
+    CXEN_OFFSETOF(grant_entry_v1, domid),
+    CXEN_OFFSETOF(grant_entry_v1, frame),
+    CXEN_OFFSETOF(xenstore_domain_interface, req),
+    CXEN_OFFSETOF(xenstore_domain_interface, rsp),
+    CXEN_OFFSETOF(xenstore_domain_interface, req_cons),
+    CXEN_OFFSETOF(xenstore_domain_interface, req_prod),
+    CXEN_OFFSETOF(xenstore_domain_interface, rsp_cons),
+    CXEN_OFFSETOF(xenstore_domain_interface, rsp_prod),
+    CXEN_OFFSETOF(xencons_interface, in),
+    CXEN_OFFSETOF(xencons_interface, out),
+    CXEN_OFFSETOF(xencons_interface, in_cons),
+    CXEN_OFFSETOF(xencons_interface, in_prod),
+    CXEN_OFFSETOF(xencons_interface, out_cons),
+    CXEN_OFFSETOF(xencons_interface, out_prod),
+    CXEN_OFFSETOF(netif_tx_sring, req_prod),
+    CXEN_OFFSETOF(netif_tx_sring, req_event),
+    CXEN_OFFSETOF(netif_tx_sring, rsp_prod),
+    CXEN_OFFSETOF(netif_tx_sring, rsp_event),
+    CXEN_OFFSETOF(netif_tx_sring, ring),
+    CXEN_OFFSETOF(netif_rx_sring, req_prod),
+    CXEN_OFFSETOF(netif_rx_sring, req_event),
+    CXEN_OFFSETOF(netif_rx_sring, rsp_prod),
+    CXEN_OFFSETOF(netif_rx_sring, rsp_event),
+    CXEN_OFFSETOF(netif_rx_sring, ring),
+    CXEN_OFFSETOF(blkif_sring, req_prod),
+    CXEN_OFFSETOF(blkif_sring, req_event),
+    CXEN_OFFSETOF(blkif_sring, rsp_prod),
+    CXEN_OFFSETOF(blkif_sring, rsp_event),
+    CXEN_OFFSETOF(blkif_sring, ring),
+};
+#undef CXEN_OFFSETOF
+
+// Function-like macros do not import into Swift; these carry their values.
+static const domid_t cxen_domid_self = DOMID_SELF;
+static const domid_t cxen_domid_invalid = DOMID_INVALID;
+static const uint64_t cxen_uvmf_invlpg = UVMF_INVLPG;
+static const uint64_t cxen_uvmf_tlb_flush = UVMF_TLB_FLUSH;
+
+// Shared-memory primitives for pages another domain writes concurrently:
+// single loads/stores the compiler may not merge or hoist (the READ_ONCE
+// idea), the barriers io/ring.h asks for (xen_mb/xen_rmb/xen_wmb), and the
+// compare-exchange that ends a grant atomically (grant_table.h: the guest
+// may clear a v1 entry's flags only while GTF_reading|GTF_writing are 0).
+static inline uint32_t cxen_load32(const void *p) { return __atomic_load_n((const uint32_t *)p, __ATOMIC_RELAXED); }
+static inline void cxen_store32(void *p, uint32_t v) { __atomic_store_n((uint32_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint16_t cxen_load16(const void *p) { return __atomic_load_n((const uint16_t *)p, __ATOMIC_RELAXED); }
+static inline void cxen_store16(void *p, uint16_t v) { __atomic_store_n((uint16_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint8_t cxen_load8(const void *p) { return __atomic_load_n((const uint8_t *)p, __ATOMIC_RELAXED); }
+static inline void cxen_store8(void *p, uint8_t v) { __atomic_store_n((uint8_t *)p, v, __ATOMIC_RELAXED); }
+static inline uint64_t cxen_load64(const void *p) { return __atomic_load_n((const uint64_t *)p, __ATOMIC_RELAXED); }
+static inline void cxen_mb(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+static inline void cxen_rmb(void) { __atomic_thread_fence(__ATOMIC_ACQUIRE); }
+static inline void cxen_wmb(void) { __atomic_thread_fence(__ATOMIC_RELEASE); }
+/// Replaces *p with `desired` if it equals `expected`; returns the old value.
+static inline uint16_t cxen_cmpxchg16(void *p, uint16_t expected, uint16_t desired) {
+    __atomic_compare_exchange_n((uint16_t *)p, &expected, desired, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return expected;
+}
+static inline uint64_t cxen_xchg64(void *p, uint64_t v) { return __atomic_exchange_n((uint64_t *)p, v, __ATOMIC_SEQ_CST); }
+static inline void cxen_or64(void *p, uint64_t v) { __atomic_fetch_or((uint64_t *)p, v, __ATOMIC_SEQ_CST); }
+static inline void cxen_and64(void *p, uint64_t v) { __atomic_fetch_and((uint64_t *)p, v, __ATOMIC_SEQ_CST); }
+
+// The hypercall page: 32-byte stubs Xen fills in (a PV kernel names it
+// with XEN_ELFNOTE_HYPERCALL_PAGE; an HVM/PVH guest writes its physical
+// address to the MSR that CPUID leaf 0x40000x02 EBX names). The boot code
+// defines the symbol; nothing here references it unless a guest calls
+// cxen_hypercall. x86-64 ABI: arguments in rdi, rsi, rdx, r10, r8, result
+// in rax; rcx and r11 are clobbered (the PV stubs use syscall).
+extern char cxen_hypercall_page[];
+static inline long cxen_hypercall(unsigned int op, unsigned long a1, unsigned long a2, unsigned long a3,
+                                  unsigned long a4, unsigned long a5) {
+    register unsigned long r10 __asm__("r10") = a4;
+    register unsigned long r8 __asm__("r8") = a5;
+    long result;
+    unsigned long d1, d2, d3;
+    __asm__ volatile("call *%[entry]"
+                     : "=a"(result), "=D"(d1), "=S"(d2), "=d"(d3), "+r"(r10), "+r"(r8)
+                     : [entry] "r"(cxen_hypercall_page + op * 32), "1"(a1), "2"(a2), "3"(a3)
+                     : "memory", "rcx", "r11");
+    return result;
+}
+
+/// One layout fact measured by the C compiler: `name` is "struct" for a
+/// size or "struct.field" for an offset.
+struct cxen_layout_fact {
+    const char *name;
+    size_t value;
+};
+
+/// How many layout facts the shim reports (abi.c).
+size_t cxen_layout_fact_count(void);
+/// Fact `index`, below `cxen_layout_fact_count()`.
+const struct cxen_layout_fact *cxen_layout_fact_at(size_t index);
+
+#endif

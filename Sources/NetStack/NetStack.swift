@@ -1,1 +1,0 @@
-// NetStack: placeholder until the networking work lands.
