@@ -2,6 +2,42 @@
 // environment, hostname), passed as a JSON object on the kernel command line
 // in rumprun's manner. Format: Docs/guest-configuration.md.
 
+/// A network interface the launcher attached (`-I`, `-W`).
+public struct GuestNetworkInterface: Equatable, Sendable {
+    public enum Addressing: Equatable, Sendable {
+        case none
+        case dhcp
+        /// Dotted-quad address, prefix length, optional gateway.
+        case staticAddress(address: String, prefixLength: Int, gateway: String?)
+    }
+
+    public var tag: String
+    /// "virtio-net", "e1000" or "xen-netfront".
+    public var driver: String
+    public var mac: String
+    public var addressing: Addressing
+
+    public init(tag: String, driver: String, mac: String, addressing: Addressing) {
+        self.tag = tag
+        self.driver = driver
+        self.mac = mac
+        self.addressing = addressing
+    }
+}
+
+/// A block device the launcher attached (`-b`).
+public struct GuestBlockDevice: Equatable, Sendable {
+    public var tag: String
+    public var driver: String
+    public var mountPoint: String?
+
+    public init(tag: String, driver: String, mountPoint: String?) {
+        self.tag = tag
+        self.driver = driver
+        self.mountPoint = mountPoint
+    }
+}
+
 /// The guest's configuration, parsed from the command line.
 public struct GuestConfiguration: Sendable {
     /// Program arguments; `arguments[0]` is the program name.
@@ -13,6 +49,8 @@ public struct GuestConfiguration: Sendable {
     public var json: JSONValue = .object([])
     /// Command-line text outside the JSON object (loaders may add some).
     public var extraCommandLine: [UInt8] = []
+    public var networkInterfaces: [GuestNetworkInterface] = []
+    public var blockDevices: [GuestBlockDevice] = []
 
     public init() {}
 
@@ -46,6 +84,50 @@ public struct GuestConfiguration: Sendable {
             guard let name = hostValue.stringValue else { throw .wrongType(key: "hostname") }
             hostname = name
         }
+        if let net = value["net"] {
+            guard let entries = net.arrayValue else { throw .wrongType(key: "net") }
+            for entry in entries { networkInterfaces.append(try Self.networkInterface(entry)) }
+        }
+        if let blk = value["blk"] {
+            guard let entries = blk.arrayValue else { throw .wrongType(key: "blk") }
+            for entry in entries {
+                guard let tag = entry["tag"]?.stringValue, let driver = entry["driver"]?.stringValue else {
+                    throw .wrongType(key: "blk")
+                }
+                var mountPoint: String? = nil
+                if let mount = entry["mountpoint"] {
+                    guard let text = mount.stringValue else { throw .wrongType(key: "blk.mountpoint") }
+                    mountPoint = text
+                }
+                blockDevices.append(GuestBlockDevice(tag: tag, driver: driver, mountPoint: mountPoint))
+            }
+        }
+    }
+
+    static func networkInterface(_ entry: JSONValue) throws(Error) -> GuestNetworkInterface {
+        guard let tag = entry["tag"]?.stringValue, let driver = entry["driver"]?.stringValue,
+            let mac = entry["mac"]?.stringValue
+        else { throw .wrongType(key: "net") }
+        var addressing = GuestNetworkInterface.Addressing.none
+        if let inet = entry["inet"] {
+            guard let method = inet["method"]?.stringValue else { throw .wrongType(key: "net.inet") }
+            if method.utf8.elementsEqual("dhcp".utf8) {
+                addressing = .dhcp
+            } else if method.utf8.elementsEqual("static".utf8) {
+                guard let address = inet["address"]?.stringValue, let prefix = inet["prefix"]?.integer, (0...32).contains(prefix) else {
+                    throw .wrongType(key: "net.inet")
+                }
+                var gateway: String? = nil
+                if let value = inet["gateway"] {
+                    guard let text = value.stringValue else { throw .wrongType(key: "net.inet.gateway") }
+                    gateway = text
+                }
+                addressing = .staticAddress(address: address, prefixLength: prefix, gateway: gateway)
+            } else {
+                throw .wrongType(key: "net.inet.method")
+            }
+        }
+        return GuestNetworkInterface(tag: tag, driver: driver, mac: mac, addressing: addressing)
     }
 
     static func strings(_ object: JSONValue, _ key: String) throws(Error) -> [String] {

@@ -12,6 +12,8 @@ public struct LaunchOptions: Sendable {
         case qemu
         /// KVM through /dev/kvm.
         case kvm
+        /// A Xen domain through the `xl` toolstack.
+        case xen
     }
 
     public enum Machine: String, CaseIterable, Sendable {
@@ -34,6 +36,8 @@ public struct LaunchOptions: Sendable {
     public var applicationArguments: [String] = []
     /// Seconds before a foreground guest is killed.
     public var timeout: Double?
+    public var networkInterfaces: [NetworkInterfaceOption] = []
+    public var blockDevices: [BlockDeviceOption] = []
 
     public init(image: String) { self.image = image }
 
@@ -137,7 +141,31 @@ public enum Launcher {
         }
         let argv = ([options.guestName] + options.applicationArguments).map(quote).joined(separator: ",")
         let env = options.environment.map(quote).joined(separator: ",")
-        return "{\"argv\":[\(argv)],\"env\":[\(env)],\"hostname\":\(quote(options.guestName))}"
+        var json = "{\"argv\":[\(argv)],\"env\":[\(env)],\"hostname\":\(quote(options.guestName))"
+        if !options.networkInterfaces.isEmpty {
+            let entries = options.networkInterfaces.map { interface -> String in
+                var entry = "{\"tag\":\(quote(interface.tag)),\"driver\":\(quote(interface.driver.rawValue)),\"mac\":\(quote(interface.mac))"
+                switch interface.address {
+                case nil: break
+                case .dhcp: entry += ",\"inet\":{\"method\":\"dhcp\"}"
+                case let .staticAddress(address, prefixLength, gateway):
+                    entry += ",\"inet\":{\"method\":\"static\",\"address\":\(quote(address)),\"prefix\":\(prefixLength)"
+                    if let gateway { entry += ",\"gateway\":\(quote(gateway))" }
+                    entry += "}"
+                }
+                return entry + "}"
+            }
+            json += ",\"net\":[\(entries.joined(separator: ","))]"
+        }
+        if !options.blockDevices.isEmpty {
+            let entries = options.blockDevices.map { device -> String in
+                var entry = "{\"tag\":\(quote(device.tag)),\"driver\":\(quote(options.accelerator == .xen ? "xen-blkfront" : "virtio-blk"))"
+                if let mountPoint = device.mountPoint { entry += ",\"mountpoint\":\(quote(mountPoint))" }
+                return entry + "}"
+            }
+            json += ",\"blk\":[\(entries.joined(separator: ","))]"
+        }
+        return json + "}"
     }
 
     /// Checks options that do not need the file system.
@@ -154,6 +182,16 @@ public enum Launcher {
         if let timeout = options.timeout, !(timeout > 0) {
             throw .invalidOption("timeout must be a positive number of seconds")
         }
+        for interface in options.networkInterfaces {
+            let xenDriver = interface.driver == .xenNetfront
+            if xenDriver != (options.accelerator == .xen) {
+                throw .invalidOption("-I \(interface.tag): driver \(interface.driver.rawValue) does not work on the \(options.accelerator.rawValue) platform")
+            }
+        }
+        var tags = Set<String>()
+        for interface in options.networkInterfaces where !tags.insert(interface.tag).inserted {
+            throw .invalidOption("-I: tag '\(interface.tag)' is used twice")
+        }
         let configuration = guestConfigurationJSON(options)
         guard configuration.utf8.count < 4000 else {
             throw .invalidOption("the guest configuration (arguments and environment) is \(configuration.utf8.count) bytes; the limit is 4000")
@@ -164,6 +202,9 @@ public enum Launcher {
     /// a PVH image to multiboot for `pc` into `scratchDirectory`.
     public static func prepareImage(_ options: LaunchOptions, scratchDirectory: String) throws(LaunchError) -> String {
         guard FileManager.default.fileExists(atPath: options.image) else { throw .imageNotFound(options.image) }
+        for device in options.blockDevices where !FileManager.default.fileExists(atPath: device.hostPath) {
+            throw .invalidOption("-b: no such file: \(device.hostPath)")
+        }
         let file: ELFFile
         do {
             file = try ELFFile(path: options.image)
@@ -194,19 +235,32 @@ public enum Launcher {
     /// The QEMU arguments for a guest; `console` is a QEMU chardev
     /// ("stdio" or "file:PATH").
     public static func qemuArguments(_ options: LaunchOptions, kernel: String, console: String) -> [String] {
-        var arguments = ["-M", options.machine.rawValue]
+        let hasPCIDevices = !options.networkInterfaces.isEmpty || !options.blockDevices.isEmpty
+        // microvm has no PCI bus unless asked for one; the drivers are PCI drivers.
+        var arguments = ["-M", options.machine == .microvm && hasPCIDevices ? "microvm,pcie=on" : options.machine.rawValue]
         arguments += ["-accel", options.accelerator == .kvm ? "kvm" : "tcg"]
         arguments += ["-m", String(options.memoryMegabytes)]
         arguments += ["-nodefaults", "-no-reboot", "-display", "none", "-serial", console]
         arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
         arguments += ["-name", options.guestName]
         arguments += ["-kernel", kernel, "-append", guestConfigurationJSON(options)]
+        for interface in options.networkInterfaces {
+            let backend = interface.backend.split(separator: ",", maxSplits: 1).map(String.init)
+            let netdev = ([backend[0], "id=\(interface.tag)"] + backend.dropFirst()).joined(separator: ",")
+            let model = interface.driver == .e1000 ? "e1000" : "virtio-net-pci"
+            arguments += ["-netdev", netdev, "-device", "\(model),netdev=\(interface.tag),mac=\(interface.mac)"]
+        }
+        for device in options.blockDevices {
+            let file = device.hostPath.replacingOccurrences(of: ",", with: ",,")
+            arguments += ["-drive", "file=\(file),if=none,id=\(device.tag),format=raw", "-device", "virtio-blk-pci,drive=\(device.tag)"]
+        }
         if options.startPaused || options.gdbPort != nil { arguments.append("-S") }
         if let port = options.gdbPort { arguments += ["-gdb", "tcp:127.0.0.1:\(port)"] }
         return arguments + options.extraQEMUArguments
     }
 
     static func checkKVM(_ options: LaunchOptions) throws(LaunchError) {
+        if options.accelerator == .xen { throw .invalidOption("the xen platform runs through `XenLauncher`, not QEMU") }
         guard options.accelerator == .kvm else { return }
         let descriptor = open("/dev/kvm", O_RDWR)
         guard descriptor >= 0 else { throw .kvmUnavailable("/dev/kvm: \(String(cString: strerror(errno)))") }

@@ -24,7 +24,9 @@ struct Run: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Launch an image under QEMU.",
         discussion: """
-            PLATFORM is qemu (software emulation, always works) or kvm (needs a usable /dev/kvm).
+            PLATFORM is qemu (software emulation, always works), kvm (needs a usable /dev/kvm)
+            or xen (writes NAME.xl.cfg and runs xl create -p, xenstore-write, xl unpause;
+            with --dry-run it only prints them).
             The guest gets its arguments (after --), environment (-e) and host name (-N) as a
             JSON object on its command line.
 
@@ -43,7 +45,7 @@ struct Run: ParsableCommand {
               rumprun-cli run qemu -i -e GREETING=hi -M 128 --machine pc hello.img
             """)
 
-    @Argument(help: "qemu or kvm.")
+    @Argument(help: "qemu, kvm or xen.")
     var platform: LaunchOptions.Accelerator
 
     @Flag(name: .customShort("i"), help: "Attach the console and wait for the guest to end.")
@@ -67,6 +69,15 @@ struct Run: ParsableCommand {
     @Option(name: .customShort("N"), help: ArgumentHelp("Guest name, also its host name.", valueName: "NAME"))
     var name: String?
 
+    @Option(name: .customShort("I"), help: ArgumentHelp("Network interface: tag,driver,backend[,options] (drivers: virtio-net, e1000, xen-netfront; backend: a QEMU netdev such as user or tap,ifname=tap0,script=no,downscript=no, or Xen vif options).", valueName: "tag,driver,backend"))
+    var interfaces: [String] = []
+
+    @Option(name: .customShort("W"), help: ArgumentHelp("Interface address: tag,inet,dhcp or tag,inet,static,ADDRESS/PREFIX[,GATEWAY].", valueName: "tag,inet,..."))
+    var addresses: [String] = []
+
+    @Option(name: .customShort("b"), help: ArgumentHelp("Block device from a host file, optionally mounted at a path in the guest.", valueName: "hostpath[,mountpoint]"))
+    var disks: [String] = []
+
     @Option(name: .long, help: "microvm (PVH, default) or pc (SeaBIOS and multiboot).")
     var machine: LaunchOptions.Machine = .microvm
 
@@ -85,8 +96,21 @@ struct Run: ParsableCommand {
     @Argument(parsing: .postTerminator, help: "Arguments for the application.")
     var applicationArguments: [String] = []
 
+    func deviceOptions() throws(LaunchError) -> (network: [NetworkInterfaceOption], block: [BlockDeviceOption]) {
+        var network: [NetworkInterfaceOption] = []
+        for (index, text) in interfaces.enumerated() { network.append(try NetworkInterfaceOption.parse(text, index: index)) }
+        try applyAddressOptions(addresses, to: &network)
+        var block: [BlockDeviceOption] = []
+        for (index, text) in disks.enumerated() { block.append(try BlockDeviceOption.parse(text, index: index)) }
+        return (network, block)
+    }
+
     var options: LaunchOptions {
         var options = LaunchOptions(image: image)
+        if let devices = try? deviceOptions() {
+            options.networkInterfaces = devices.network
+            options.blockDevices = devices.block
+        }
         options.accelerator = platform
         options.machine = machine
         options.memoryMegabytes = memory
@@ -102,6 +126,7 @@ struct Run: ParsableCommand {
 
     func validate() throws {
         do {
+            _ = try deviceOptions()
             try Launcher.validate(options)
         } catch {
             throw ValidationError(error.description)
@@ -111,6 +136,20 @@ struct Run: ParsableCommand {
 
     func run() throws {
         let options = self.options
+        if platform == .xen {
+            let configurationPath = FileManager.default.currentDirectoryPath + "/\(options.guestName).xl.cfg"
+            do {
+                if dryRun {
+                    print(try XenLauncher.dryRun(options, configurationPath: configurationPath), terminator: "")
+                    return
+                }
+                let domainID = try XenLauncher.start(options, configurationPath: configurationPath)
+                print("xen:\(domainID)")
+            } catch {
+                throw fail(error.description)
+            }
+            return
+        }
         if dryRun {
             let kernel = machine == .pc ? "\(options.guestName)-multiboot.img" : image
             let console = interactive ? "stdio" : "file:\(consoleLog ?? "LOG")"
@@ -156,14 +195,18 @@ struct Run: ParsableCommand {
 struct Stop: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Stop a guest started in the background.",
-        discussion: "GUEST is what `rumprun-cli run` printed, e.g. qemu:12345.")
+        discussion: "GUEST is what `rumprun-cli run` printed: qemu:<pid> or xen:<domid>.")
 
-    @Argument(help: "qemu:<pid>")
+    @Argument(help: "qemu:<pid> or xen:<domid>")
     var guest: String
 
     func run() throws {
         do {
-            try Launcher.stop(guest)
+            if guest.hasPrefix("xen:") {
+                try XenLauncher.stop(guest)
+            } else {
+                try Launcher.stop(guest)
+            }
         } catch {
             throw fail(error.description, status: 1)
         }

@@ -48,7 +48,7 @@ func malformedDocumentsAreRejectedWithOffsets(text: String, expected: JSONError)
 }
 
 @Test func configurationIsReadFromTheCommandLine() throws {
-    let line = #"/path/kernel.img {"argv":["hello","7"],"env":["A=1","GREETING=hi","A=2"],"hostname":"box","net":{}} virtio_mmio.device=1"#
+    let line = #"/path/kernel.img {"argv":["hello","7"],"env":["A=1","GREETING=hi","A=2"],"hostname":"box","extra":{}} virtio_mmio.device=1"#
     let configuration = try GuestConfiguration(commandLine: Array(line.utf8))
     #expect(configuration.arguments == ["hello", "7"])
     #expect(configuration.environment == ["A=1", "GREETING=hi", "A=2"])
@@ -56,7 +56,7 @@ func malformedDocumentsAreRejectedWithOffsets(text: String, expected: JSONError)
     #expect(configuration.environmentValue("GREETING") == "hi")
     #expect(configuration.environmentValue("GREET") == nil)
     #expect(configuration.hostname == "box")
-    #expect(configuration.json["net"] == .object([]))
+    #expect(configuration.json["extra"] == .object([]))
     #expect(String(decoding: configuration.extraCommandLine, as: UTF8.self) == "/path/kernel.img  virtio_mmio.device=1")
 }
 
