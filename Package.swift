@@ -48,6 +48,18 @@ var targets: [Target] = [
         name: "DeviceInterfaces",
         swiftSettings: guestSwiftSettings
     ),
+    // The Xen ABI from libxen-dev's headers (include/xen links to them); no
+    // system include directories in the guest world, so glibc stays out.
+    .target(
+        name: "CXen",
+        cSettings: guestCSettings + (guest ? [.unsafeFlags(["-Xclang", "-nostdsysteminc"])] : [])
+    ),
+    // The Xen platform: hypercalls, event channels, grants, xenstore, frontends.
+    .target(
+        name: "XenPVKit",
+        dependencies: ["CXen", "DeviceInterfaces"],
+        swiftSettings: guestSwiftSettings
+    ),
     // The TCP/IP stack (issue: networking). Embedded-clean.
     .target(
         name: "NetStack",
@@ -61,6 +73,7 @@ var products: [Product] = [
     .library(name: "Rumprun", targets: ["Rumprun"]),
     .library(name: "DeviceInterfaces", targets: ["DeviceInterfaces"]),
     .library(name: "NetStack", targets: ["NetStack"]),
+    .library(name: "XenPVKit", targets: ["XenPVKit"]),
 ]
 
 if !guest {
@@ -85,9 +98,7 @@ if !guest {
             path: "Benchmarks/hypercall",
             exclude: ["README.md"]
         ),
-        // --- XenPVKit ---
-        .target(name: "CXen"),
-        .target(name: "XenPVKit", dependencies: ["CXen", "DeviceInterfaces"]),
+        // --- XenPVKit: declared with the guest-world targets above ---
         .target(
             name: "UnikernelBake",
             dependencies: ["CLibELF", "BareMetalKit"]
@@ -125,7 +136,6 @@ if !guest {
         .library(name: "RumpHypercall", targets: ["RumpHypercall"]),
         .library(name: "rumpuser", type: .dynamic, targets: ["RumpHypercall"]),
         .library(name: "rumpuser-static", type: .static, targets: ["RumpHypercall"]),
-        .library(name: "XenPVKit", targets: ["XenPVKit"]),
         .library(name: "UnikernelBake", targets: ["UnikernelBake"]),
         .executable(name: "bake", targets: ["bake"]),
         .executable(name: "rumprun-cli", targets: ["rumprun-cli"]),
