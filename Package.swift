@@ -122,7 +122,7 @@ if !guest {
             dependencies: ["UnikernelBake"],
             path: "Benchmarks/boot"
         ),
-        .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"]),
+        .testTarget(name: "BareMetalKitTests", dependencies: ["BareMetalKit"], exclude: ["Fixtures"]),
         // Drivers (PCI, virtio, e1000) against device models.
         .testTarget(name: "DriverTests", dependencies: ["BareMetalKit", "DeviceInterfaces"]),
         .testTarget(name: "UnikernelBakeTests", dependencies: ["UnikernelBake", "CLibELF"]),

@@ -23,20 +23,13 @@ extension UnsafeMutablePointer where Pointee == crumpuser_cv {
     @inline(__always) var waitersWord: UnsafeMutablePointer<UInt32> {
         (UnsafeMutableRawPointer(self) + MemoryLayout<UInt32>.stride).assumingMemoryBound(to: UInt32.self)
     }
-    @inline(__always) var sleepersWord: UnsafeMutablePointer<UInt32> {
-        (UnsafeMutableRawPointer(self) + 2 * MemoryLayout<UInt32>.stride).assumingMemoryBound(to: UInt32.self)
-    }
 }
-
-/// Pauses a waiter spends looking for a signal before it sleeps.
-let conditionSpinAttempts = 100
 
 @_spi(RumpUserABI) @_cdecl("rumpuser_cv_init")
 public func rumpuserCvInit(_ cvp: UnsafeMutablePointer<OpaquePointer?>) {
     let c = allocateLockObject(crumpuser_cv.self)
     c.pointee.sequence = 0
     c.pointee.waiters = 0
-    c.pointee.sleepers = 0
     cvp.pointee = OpaquePointer(c)
 }
 
@@ -59,22 +52,9 @@ func sleepOnCondition(
     _ = crumpuser_fetch_add(c.waitersWord, 1)
     mutexReleased(m)
     unlockWord(lockWord(m))
-    // A signal often follows within microseconds (hand-offs between two
-    // threads): look for it briefly before sleeping.
-    var rv: Int32 = 0
-    var spins = conditionSpinAttempts
-    while spins > 0, crumpuser_load_relaxed(c.sequenceWord) == sequence {
-        crumpuser_cpu_relax()
-        spins -= 1
-    }
-    if spins == 0 {
-        // Announce the sleep, then sleep only if no signal came meanwhile
-        // (the futex compares the sequence atomically); a signaller that
-        // advanced the sequence before seeing us will find it changed.
-        _ = crumpuser_fetch_add(c.sleepersWord, 1)
-        rv = crumpuser_futex_wait(c.sequenceWord, sequence, deadline)
-        _ = crumpuser_fetch_sub(c.sleepersWord, 1)
-    }
+    // A signal between reading the sequence and sleeping changes it, and
+    // the futex then returns at once: no wakeup is lost.
+    let rv = crumpuser_futex_wait(c.sequenceWord, sequence, deadline)
     _ = crumpuser_fetch_sub(c.waitersWord, 1)
     return rv
 }
@@ -138,14 +118,14 @@ public func rumpuserCvTimedwait(_ cv: OpaquePointer, _ mtx: OpaquePointer, _ sec
 public func rumpuserCvSignal(_ cv: OpaquePointer) {
     let c = conditionObject(cv)
     _ = crumpuser_fetch_add(c.sequenceWord, 1)
-    if crumpuser_load_seqcst(c.sleepersWord) != 0 { crumpuser_futex_wake(c.sequenceWord, 1) }
+    if crumpuser_load_seqcst(c.waitersWord) != 0 { crumpuser_futex_wake(c.sequenceWord, 1) }
 }
 
 @_spi(RumpUserABI) @_cdecl("rumpuser_cv_broadcast")
 public func rumpuserCvBroadcast(_ cv: OpaquePointer) {
     let c = conditionObject(cv)
     _ = crumpuser_fetch_add(c.sequenceWord, 1)
-    if crumpuser_load_seqcst(c.sleepersWord) != 0 { crumpuser_futex_wake(c.sequenceWord, Int32.max) }
+    if crumpuser_load_seqcst(c.waitersWord) != 0 { crumpuser_futex_wake(c.sequenceWord, Int32.max) }
 }
 
 /// The number of threads waiting; read with the interlock held.

@@ -1,7 +1,12 @@
 // rumpuser(3) "Mutexes": RUMPUSER_MTX_SPIN mutexes never release the virtual
-// CPU; the others spin briefly and then release it while they sleep;
-// RUMPUSER_MTX_KMUTEX mutexes record the owning lwp. The lock word is a
-// futex (see struct crumpuser_mtx).
+// CPU; the others release it while they sleep; RUMPUSER_MTX_KMUTEX mutexes
+// record the owning lwp. The lock word is a futex (see struct crumpuser_mtx).
+//
+// Waiters do not spin before sleeping. Spinning 100 pauses helped the
+// two-thread mutex benchmark on a lightly loaded 2-core machine, but with
+// more runnable threads than cores (the usual case for a rump kernel) it
+// made condition variable hand-offs twice as slow as glibc's, which does
+// not spin either. See Docs/rumphypercall.md, "Benchmark".
 
 import CRumpUser
 
@@ -10,9 +15,6 @@ import Glibc
 #elseif canImport(Musl)
 import Musl
 #endif
-
-/// Lock attempts (with a CPU pause between them) before a waiter sleeps.
-let mutexSpinAttempts = 100
 
 @inline(__always)
 func mutexObject(_ mtx: OpaquePointer) -> UnsafeMutablePointer<crumpuser_mtx> {
@@ -28,16 +30,6 @@ func lockWord(_ m: UnsafeMutablePointer<crumpuser_mtx>) -> UnsafeMutablePointer<
 @inline(__always)
 func tryLockWord(_ word: UnsafeMutablePointer<UInt32>) -> Bool {
     crumpuser_cas_acquire(word, 0, 1) != 0
-}
-
-/// Spins a little while the holder is likely to be about to leave.
-@inline(__always)
-func spinForWord(_ word: UnsafeMutablePointer<UInt32>) -> Bool {
-    for _ in 0..<mutexSpinAttempts {
-        crumpuser_cpu_relax()
-        if crumpuser_load_relaxed(word) == 0, tryLockWord(word) { return true }
-    }
-    return false
 }
 
 /// Sleeps until the word is ours, marking it contended (2).
@@ -76,7 +68,7 @@ func mutexReleased(_ m: UnsafeMutablePointer<crumpuser_mtx>) {
 @inline(__always)
 func lockKeepingCPU(_ m: UnsafeMutablePointer<crumpuser_mtx>) {
     let word = lockWord(m)
-    if !tryLockWord(word), !spinForWord(word) { sleepForWord(word) }
+    if !tryLockWord(word) { sleepForWord(word) }
 }
 
 @_spi(RumpUserABI) @_cdecl("rumpuser_mutex_init")
@@ -94,8 +86,8 @@ public func rumpuserMutexEnter(_ mtx: OpaquePointer) {
     let word = lockWord(m)
     if _slowPath(!tryLockWord(word)) {
         if m.pointee.flags & RUMPUSER_MTX_SPIN != 0 {
-            if !spinForWord(word) { sleepForWord(word) }
-        } else if !spinForWord(word) {
+            sleepForWord(word)
+        } else {
             withCPUReleased { sleepForWord(word) }
         }
     }

@@ -61,3 +61,14 @@ import Testing
     #expect(throws: SocketError.noRoute(IPv4Address(192, 0, 2, 7))) { try hosts.a.send(socket, to: IPv4Endpoint(address: IPv4Address(192, 0, 2, 7), port: 1), [1]) }
     #expect(throws: SocketError.noRoute(IPv4Address(192, 0, 2, 7))) { try hosts.a.connect(to: IPv4Endpoint(address: IPv4Address(192, 0, 2, 7), port: 1)) }
 }
+
+@Test func specificationFromGuestConfigurationFields() throws {
+    #expect(try NetworkSpecification(method: "dhcp", address: nil, prefixLength: nil, gateway: nil) == .dhcp)
+    #expect(try NetworkSpecification(method: "static", address: "10.0.0.2", prefixLength: 24, gateway: "10.0.0.1")
+        == .static(IPv4InterfaceConfiguration(address: IPv4Address(10, 0, 0, 2), prefixLength: 24, gateway: IPv4Address(10, 0, 0, 1))))
+    #expect(throws: NetworkSpecificationError.missingAddress) { try NetworkSpecification(method: "static", address: nil, prefixLength: 24, gateway: nil) }
+    #expect(throws: NetworkSpecificationError.badPrefix("40")) { try NetworkSpecification(method: "static", address: "10.0.0.2", prefixLength: 40, gateway: nil) }
+    #expect(throws: NetworkSpecificationError.badPrefix("")) { try NetworkSpecification(method: "static", address: "10.0.0.2", prefixLength: nil, gateway: nil) }
+    #expect(throws: NetworkSpecificationError.badAddress("x")) { try NetworkSpecification(method: "static", address: "10.0.0.2", prefixLength: 8, gateway: "x") }
+    #expect(throws: NetworkSpecificationError.unknownMethod("slaac")) { try NetworkSpecification(method: "slaac", address: nil, prefixLength: nil, gateway: nil) }
+}

@@ -266,6 +266,7 @@ func transfer(_ hosts: TwoHosts, total: Int) throws -> (received: Int, intact: B
     var responses: [Int: [UInt8]] = [:]
     var answered = Set<Int>()
     var requests: [Int: [UInt8]] = [:]
+    var shortWrites = 0
     let done = hosts.run {
         while let server = try? hosts.b.accept(listener) { servers.append(server) }
         for (index, client) in clients.enumerated() where !requested.contains(index) && hosts.a.readiness(client).contains(.writable) {
@@ -279,7 +280,7 @@ func transfer(_ hosts: TwoHosts, total: Int) throws -> (received: Int, intact: B
                 let body = Array(repeating: requests[server.rawValue]!, count: 200).flatMap { $0 }
                 var offset = 0
                 while offset < body.count, let n = try? hosts.b.write(server, Array(body[offset...])) { offset += n }
-                #expect(offset == body.count)
+                if offset != body.count { shortWrites += 1 }
                 hosts.b.close(server)
                 answered.insert(server.rawValue)
             }
@@ -292,6 +293,7 @@ func transfer(_ hosts: TwoHosts, total: Int) throws -> (received: Int, intact: B
         return finished == clients.count
     }
     #expect(done)
+    #expect(shortWrites == 0)  // each 2.4 KB response fits the send buffer at once
     for index in clients.indices {
         let expected = Array(repeating: Array("request \(index)\n".utf8), count: 200).flatMap { $0 }
         #expect(responses[index] == expected, "client \(index)")

@@ -273,7 +273,11 @@ func ack(_ connection: TCPConnection, _ number: SequenceNumber, window: UInt16 =
     // Filling the first hole acknowledges up to the next one; the remaining blocks follow.
     let fill = deliver(client, peerSegment(seq: next, ack: ourInitialSequence + 1, flags: []), payload: [UInt8](repeating: 1, count: 100))
     #expect(fill.first?.header.acknowledgmentNumber == next + 200)
-    #expect(fill.first?.header.options.sackBlocks.first == TCPSackBlock(left: next + 300, right: next + 350))
+    // The latest out-of-order arrival still leads, then sequence order.
+    #expect(fill.first?.header.options.sackBlocks == [
+        TCPSackBlock(left: next + 1000, right: next + 1010), TCPSackBlock(left: next + 300, right: next + 350),
+        TCPSackBlock(left: next + 500, right: next + 510), TCPSackBlock(left: next + 600, right: next + 610),
+    ])
     // A peer without SACK-permitted gets no blocks.
     let plain = connection(in: .established)
     let replies = deliver(plain, peerSegment(seq: next + 100, ack: ourInitialSequence + 1, flags: []), payload: [1])

@@ -1,9 +1,7 @@
 // GuestDescriptorTables: the guest steps that load CPU structures: CR3,
 // INVLPG, LGDT/LTR with IST stacks behind guard pages (Intel SDM vol. 3A
-// §4.10.4, §3.5.1, §8.7). They need CPUStructures.h in the CPUPrimitives
-// module; until CPUPrimitives.h includes it, build with -DBMK_CPU_STRUCTURES
-// only where it does (see Docs/hw-platform-core.md).
-#if hasFeature(Embedded) && BMK_CPU_STRUCTURES
+// §4.10.4, §3.5.1, §8.7), through CPUStructures.h in CPUPrimitives.
+#if hasFeature(Embedded)
 import CPUPrimitives
 
 extension PlatformCore {

@@ -59,8 +59,9 @@ public enum PlatformCore {
         return allocator
     }
 
-    /// Builds the kernel's page tables: the null page unmapped, the first
-    /// MiB (BIOS data, EBDA, firmware tables) read-write+NX, the image per
+    /// Builds the kernel's page tables: the null page unmapped, memory
+    /// below 640 KiB read-write+NX, the VGA window 0xA0000–0xBFFFF uncached,
+    /// the ROM area 0xC0000–0xFFFFF read-only+NX, the image per
     /// section (text R+X, rodata R+NX, data/bss RW+NX), every usable region
     /// RW+NX, ACPI regions read-only+NX, all identity-mapped. Device MMIO is
     /// mapped later with `mapDevice`. Allocates nothing from the Swift heap.
@@ -106,8 +107,16 @@ public enum PlatformCore {
         do throws(PageTableError) {
             var mapper = try PageTableMapper(mapping: IdentityFrameMapping(), allocator: &allocator)
             try mapper.mapKernelImage(image, allocator: &allocator)
+            // Conventional memory and EBDA; the VGA window uncached; option
+            // and BIOS ROMs (where firmware tables live) read-only.
             try mapper.identityMap(
-                PhysicalRange(start: 0, byteCount: 0x10_0000), attributes: .data, excluding: image.whole,
+                PhysicalRange(start: 0, byteCount: 0xA_0000), attributes: .data, excluding: image.whole,
+                allocator: &allocator)
+            try mapper.identityMap(
+                PhysicalRange(start: 0xA_0000, byteCount: 0x2_0000), attributes: .device, excluding: nil,
+                allocator: &allocator)
+            try mapper.identityMap(
+                PhysicalRange(start: 0xC_0000, byteCount: 0x4_0000), attributes: .readOnly, excluding: nil,
                 allocator: &allocator)
             return mapper
         } catch {
@@ -147,6 +156,12 @@ public enum PlatformCore {
         cpu_outb(0x43, 0xB0)  // channel 2, lobyte/hibyte, mode 0, binary
         cpu_outb(0x42, UInt8(truncatingIfNeeded: count))
         cpu_outb(0x42, UInt8(truncatingIfNeeded: count >> 8))
+        // Mode 0 drives OUT2 low until the count expires; a high OUT2 now
+        // means there is no PIT/port 0x61 (microvm reads 0xFF there).
+        guard cpu_inb(0x61) & 0x20 == 0 else {
+            cpu_outb(0x61, control)
+            return nil
+        }
         cpu_outb(0x61, (control & ~0x02) | 0x01)  // gate high: count down
         let start = cpu_rdtsc()
         var spins: UInt64 = 0

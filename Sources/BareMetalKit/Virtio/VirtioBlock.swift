@@ -255,6 +255,10 @@ public struct VirtioBlock<Transport: VirtioTransport, DMA: DMAMemory>: BlockDevi
         }
     }
 
+    /// Resets the device so it no longer touches the driver's memory; call
+    /// before dropping the driver. Requests in flight are not completed.
+    public func shutdown() throws(VirtioError) { try core.transport.reset() }
+
     /// The device's serial number (get-id), trimmed at the first NUL.
     /// Busy-polls; `scratch` must be DMA-reachable memory of at least 20 bytes.
     public mutating func identifier(scratch: UnsafeMutableRawBufferPointer) throws(BlockDeviceError) -> [UInt8] {

@@ -24,6 +24,9 @@ public struct VirtioEntropy<Transport: VirtioTransport, DMA: DMAMemory> {
         core.start()
     }
 
+    /// Resets the device; call before dropping the driver.
+    public func shutdown() throws(VirtioError) { try core.transport.reset() }
+
     /// Fills `buffer` with bytes from the device, busy-polling. Gives up
     /// with `.deviceBroken` when the device returns nothing for
     /// `spinLimit` polls of one request.

@@ -280,6 +280,10 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         return receiveQueue.hasUsed || transmitQueue.hasUsed
     }
 
+    /// Resets the device so it no longer touches the driver's buffers; call
+    /// before dropping the driver.
+    public func shutdown() throws(VirtioError) { try core.transport.reset() }
+
     /// Records the fault and marks the device FAILED.
     mutating func stop(_ error: VirtioError) -> NetworkInterfaceError {
         if fault == nil { fault = error }

@@ -6,6 +6,7 @@
 #define CPU_PRIMITIVES_H
 
 #include <stdint.h>
+#include "CPUStructures.h"
 
 static inline void cpu_outb(uint16_t port, uint8_t value) {
     __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));

@@ -111,15 +111,12 @@ struct crumpuser_rw {
 
 /*
  * A futex condition variable: waiters sleep on `sequence`, which every
- * signal and broadcast advances.  `waiters` counts every waiter (for
- * has_waiters); `sleepers` only those in the futex, so that a signal
- * makes a system call only when someone sleeps (a waiter spins briefly
- * first, and a quick hand-off then costs no system call at all).
+ * signal and broadcast advances; `waiters` counts them, so that signalling
+ * an idle variable makes no system call (and answers has_waiters).
  */
 struct crumpuser_cv {
 	uint32_t sequence;
 	uint32_t waiters;
-	uint32_t sleepers;
 };
 
 /* ---- atomics and futexes for the lock objects --------------------------- */
@@ -147,13 +144,6 @@ static inline uint32_t crumpuser_fetch_add(uint32_t *word, uint32_t value) {
 }
 static inline uint32_t crumpuser_fetch_sub(uint32_t *word, uint32_t value) {
 	return __atomic_fetch_sub(word, value, __ATOMIC_SEQ_CST);
-}
-static inline void crumpuser_cpu_relax(void) {
-#if defined(__x86_64__) || defined(__i386__)
-	__builtin_ia32_pause();
-#elif defined(__aarch64__)
-	__asm__ __volatile__("yield");
-#endif
 }
 
 /*

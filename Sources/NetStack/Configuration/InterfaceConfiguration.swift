@@ -79,6 +79,29 @@ public enum NetworkSpecification: Equatable, Sendable {
         }
     }
 
+    /// Builds the specification from the fields of one `"inet"` object of the
+    /// guest configuration's `"net"` array, as the launcher writes it:
+    /// `{"method":"dhcp"}` or `{"method":"static","address":"10.0.0.2","prefix":24,"gateway":"10.0.0.1"}`.
+    /// The caller extracts the fields with its JSON reader, so this layer needs none.
+    public init(method: String, address: String?, prefixLength: Int?, gateway: String?) throws(NetworkSpecificationError) {
+        switch method {
+        case "dhcp":
+            self = .dhcp
+        case "static":
+            guard let address else { throw .missingAddress }
+            guard let parsed = IPv4Address(address) else { throw .badAddress(address) }
+            guard let prefixLength, prefixLength >= 0, prefixLength <= 32 else { throw .badPrefix(prefixLength.map { String($0) } ?? "") }
+            var router: IPv4Address? = nil
+            if let gateway {
+                guard let parsedGateway = IPv4Address(gateway) else { throw .badAddress(gateway) }
+                router = parsedGateway
+            }
+            self = .static(IPv4InterfaceConfiguration(address: parsed, prefixLength: prefixLength, gateway: router))
+        default:
+            throw .unknownMethod(method)
+        }
+    }
+
     static func prefixLength(_ text: String) throws(NetworkSpecificationError) -> Int {
         if let mask = IPv4Address(text) {
             // A dotted mask must be contiguous ones.

@@ -2,8 +2,11 @@
 
 /// An address lease obtained with DHCP.
 public struct DHCPLease: Equatable, Sendable {
+    /// Address, prefix (from the subnet mask) and gateway (the first router).
     public var configuration: IPv4InterfaceConfiguration
+    /// The server identifier, where RENEWING requests go.
     public var server: IPv4Address
+    /// Option 6, recorded for the resolver.
     public var domainNameServers: [IPv4Address]
     /// Clock values (nanoseconds) of T1, T2 and the end of the lease; nil for an infinite lease.
     public var renewAt: UInt64?
@@ -35,11 +38,17 @@ public final class DHCPClient {
         public var destination: IPv4Address
     }
 
+    /// The interface's MAC address, sent as chaddr.
     public let hardwareAddress: MACAddress
+    /// Where the client is in RFC 2131 figure 5.
     public private(set) var state: State = .initial
+    /// The lease in force, if any.
     public private(set) var lease: DHCPLease?
+    /// Messages to send, oldest first; the owner drains it.
     public var outbox: [Outgoing] = []
+    /// Events to act on, oldest first; the owner drains it.
     public var events: [Event] = []
+    /// Option 12 sent in every request.
     public var hostName: [UInt8] = []
 
     var random: SplitMix64
@@ -51,6 +60,7 @@ public final class DHCPClient {
     /// Requests sent in REQUESTING before starting over.
     let maximumRequests = 4
 
+    /// A client in INIT; `seed` drives transaction IDs and retransmission jitter.
     public init(hardwareAddress: MACAddress, seed: UInt64) {
         self.hardwareAddress = hardwareAddress
         random = SplitMix64(seed: seed)

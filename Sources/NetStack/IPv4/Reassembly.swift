@@ -46,16 +46,20 @@ public struct IPv4Reassembler {
         var firstHeader: IPv4Header?
     }
 
+    /// The limits this buffer enforces.
     public let configuration: ReassemblyConfiguration
     var datagrams: [Key: Datagram] = [:]
     /// Payload bytes held now.
     public private(set) var heldBytes = 0
+    /// Datagrams discarded for overlaps, inconsistencies, limits or timeout.
     public private(set) var droppedDatagrams = 0
 
+    /// An empty buffer with the given limits.
     public init(configuration: ReassemblyConfiguration = ReassemblyConfiguration()) {
         self.configuration = configuration
     }
 
+    /// Datagrams with some but not all fragments.
     public var datagramsInProgress: Int { datagrams.count }
 
     /// Adds a fragment. Returns the whole datagram (header with fragment fields
@@ -132,6 +136,7 @@ public struct IPv4Reassembler {
         for key in expired { discard(key) }
     }
 
+    /// The earliest time `expire` has work to do.
     public var nextDeadline: UInt64? {
         var earliest: UInt64? = nil
         for datagram in datagrams.values { earliest = min(earliest ?? datagram.deadline, datagram.deadline) }

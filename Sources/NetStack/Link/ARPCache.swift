@@ -28,16 +28,19 @@ public struct ARPCache {
         var created: UInt64
     }
 
+    /// The limits this cache enforces.
     public let configuration: ARPConfiguration
     var entries: [IPv4Address: Entry] = [:]
     private(set) var pendingTotal = 0
     /// Packets dropped because a queue was full or resolution failed.
     public private(set) var droppedPackets = 0
 
+    /// An empty cache with the given limits.
     public init(configuration: ARPConfiguration = ARPConfiguration()) {
         self.configuration = configuration
     }
 
+    /// Resolved and unresolved entries held.
     public var count: Int { entries.count }
 
     /// The resolved address of `address`, if known and not expired.

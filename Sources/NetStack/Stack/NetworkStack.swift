@@ -2,8 +2,11 @@
 
 /// Limits and tunables of a whole stack.
 public struct NetworkStackConfiguration: Sendable {
+    /// Defaults for every TCP connection.
     public var tcp = TCPConfiguration()
+    /// Limits of each interface's ARP cache.
     public var arp = ARPConfiguration()
+    /// Limits of fragment reassembly.
     public var reassembly = ReassemblyConfiguration()
     /// Seeds port choice and the initial-sequence-number key. A guest seeds it
     /// from its entropy source; tests pick a constant.
@@ -17,11 +20,13 @@ public struct NetworkStackConfiguration: Sendable {
     public var icmpErrorsPerSecond = 100
     /// ICMP echo replies waiting for `receiveEchoReply`.
     public var echoReplyQueueLimit = 16
+    /// Local ports for connect and unbound UDP sockets (RFC 6335 §6).
     public var ephemeralPorts: ClosedRange<UInt16> = 49152...65535
     public init() {}
 }
 
-/// Counters of a stack, for diagnostics and the `/stats` page.
+/// Counters of a stack, for diagnostics and the `/stats` page. All are
+/// cumulative since the stack was created; names say what is counted.
 public struct NetworkStackStatistics: Equatable, Sendable {
     public var framesReceived = 0
     public var framesSent = 0
