@@ -49,6 +49,10 @@ final class VirtioDeviceModel {
     var driverFeatureSelect: UInt32 = 0
     var queueSelect = 0
     var generation: UInt8 = 0
+    /// MSI-X vectors: configuration, then one per queue (0xFFFF = none).
+    var configurationVector: UInt16 = 0xFFFF
+    var queueVectors: [Int: UInt16] = [:]
+    var msixTableSize = 4
     /// Protocol breaches by the driver (must stay empty).
     var violations: [String] = []
     var resets = 0
@@ -233,11 +237,11 @@ final class VirtioDeviceModel {
         case 0x15: return UInt64(generation)
         case 0x16: return UInt64(queueSelect)
         case 0x18: return UInt64(queue?.size ?? 0)
-        case 0x1A: return 0xFFFF
+        case 0x1A: return UInt64(queueVectors[queueSelect] ?? 0xFFFF)
         case 0x1C: return queue?.enabled == true ? 1 : 0
         case 0x1E: return UInt64(queueSelect)
         case 0x04: return deviceFeatureSelect == 0 ? offeredFeatures & 0xFFFF_FFFF : deviceFeatureSelect == 1 ? offeredFeatures >> 32 : 0
-        case 0x10: return 0xFFFF
+        case 0x10: return UInt64(configurationVector)
         default: return 0
         }
     }
@@ -254,6 +258,8 @@ final class VirtioDeviceModel {
             } else if driverFeatureSelect == 1 {
                 driverFeatures = driverFeatures & 0xFFFF_FFFF | value << 32
             }
+        case 0x10: configurationVector = value < msixTableSize ? UInt16(value) : 0xFFFF
+        case 0x1A: queueVectors[queueSelect] = value < msixTableSize ? UInt16(value) : 0xFFFF
         case 0x14: writeStatus(UInt8(value))
         case 0x16: queueSelect = Int(value)
         case 0x18:

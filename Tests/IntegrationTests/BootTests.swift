@@ -40,6 +40,7 @@ enum Integration {
     static let hello: Result<String, Error> = Result { try bake("Examples/hello").path }
     static let panic: Result<String, Error> = Result { try bake("Tests/Guests/panic").path }
     static let spin: Result<String, Error> = Result { try bake("Tests/Guests/spin").path }
+    static let devices: Result<String, Error> = Result { try bake("Tests/Guests/devices").path }
 
     /// Runs rumprun-cli; returns its exit status, console (stdout) and stderr.
     static func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
@@ -142,6 +143,32 @@ enum Integration {
         let wrongMachine = try Integration.run(["run", "qemu", "-i", baked.path])
         #expect(wrongMachine.status == 125)
         #expect(wrongMachine.stderr.contains("cannot boot on microvm"))
+    }
+}
+
+@Suite(.serialized) struct DeviceTests {
+    /// The BareMetalKit drivers against QEMU's own device models on `pc`:
+    /// virtio-net and e1000 get an ARP reply from QEMU's user-mode network,
+    /// virtio-blk's writes land in the host file, virtio-rng delivers bytes.
+    @Test func driversWorkAgainstQEMUDevices() throws {
+        let image = try Integration.devices.get()
+        let disk = Integration.imageDirectory + "/disk-\(UUID().uuidString).img"
+        try Data(count: 1 << 20).write(to: URL(fileURLWithPath: disk))
+        defer { try? FileManager.default.removeItem(atPath: disk) }
+        let run = try Integration.run([
+            "run", "qemu", "-i", "--timeout", "300", "--machine", "pc",
+            "-I", "net0,virtio-net,user", "-I", "net1,e1000,user", "-b", disk, "-g", "-device virtio-rng-pci", image,
+        ])
+        #expect(run.stdout.contains("virtio-net: mac 525400123456, ARP reply from 10.0.2.2: yes\n"))
+        #expect(run.stdout.contains("e1000: mac 525400123457, ARP reply from 10.0.2.2: yes\n"))
+        #expect(run.stdout.contains("virtio-blk: 2048 sectors, wrote, flushed and read back 66048 bytes: match\n"))
+        #expect(run.stdout.contains("virtio-rng: 16 bytes\n"))
+        #expect(run.status == 0, "stdout: \(run.stdout) stderr: \(run.stderr)")
+        // The guest's writes reached the host file: sector 8 onwards holds the pattern.
+        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: disk)))
+        let written = bytes[(8 * 512)..<(8 * 512 + 66048)]
+        #expect(written.enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: $0.offset &* 7 &+ 3) })
+        #expect(bytes[0..<(8 * 512)].allSatisfy { $0 == 0 })
     }
 }
 

@@ -160,7 +160,7 @@ public struct VirtioBlock<Transport: VirtioTransport, DMA: DMAMemory>: BlockDevi
         guard pieces <= freeSlots.count, descriptorsNeeded <= queue.freeCount else { throw .queueFull }
 
         let parent = Parent(tag: tag, remaining: pieces, bytes: buffer.count, error: nil)
-        var parentIndex = parents.firstIndex { $0 == nil } ?? parents.count
+        let parentIndex = parents.firstIndex { $0 == nil } ?? parents.count
         if parentIndex == parents.count { parents.append(parent) } else { parents[parentIndex] = parent }
 
         let writable = type == Self.typeIn || type == Self.typeGetID
@@ -187,10 +187,10 @@ public struct VirtioBlock<Transport: VirtioTransport, DMA: DMAMemory>: BlockDevi
             segments.append(VirtqueueSegment(address: core.dma.physicalAddress(of: header + 16), length: 1, isDeviceWritable: true))
             let head: UInt16
             do throws(VirtioError) { head = try queue.add(segments) } catch {
-                // Checked above; only a broken queue gets here.
+                // Room was checked above; only a broken queue gets here. The
+                // request is refused as a whole, the others in flight fail.
                 freeSlots.append(slot)
-                parents[parentIndex]!.remaining -= pieces - (offset / perRequest)
-                parentIndex = -1
+                parents[parentIndex] = nil
                 stop(error)
                 throw .deviceError(code: error.code)
             }
@@ -230,8 +230,6 @@ public struct VirtioBlock<Transport: VirtioTransport, DMA: DMAMemory>: BlockDevi
             parent.error = .unsupported
         } else if status != Self.statusOK {
             parent.error = .deviceError(code: VirtioError.requestFailed(status: status).code << 8 | Int(status))
-        } else if header.loadLE32(0) == Self.typeIn && element.length < 1 {
-            parent.error = .deviceError(code: VirtioError.requestFailed(status: status).code << 8)
         }
         parent.remaining -= 1
         if parent.remaining == 0 {
