@@ -98,3 +98,17 @@ void free(void *pointer) { bmk_heap_free(pointer); }
 
 extern int main(int argc, char **argv);
 int bmk_call_main(void) { return main(0, NULL); }
+
+// Rounding for code that computes with doubles (timer arithmetic): exact
+// for every double; values of 2^52 and above are already whole numbers.
+double ceil(double x) {
+    if (!(x == x) || x >= 4503599627370496.0 || x <= -4503599627370496.0) return x;
+    double whole = (double)(long long)x;
+    return whole < x ? whole + 1.0 : whole;
+}
+
+double floor(double x) {
+    if (!(x == x) || x >= 4503599627370496.0 || x <= -4503599627370496.0) return x;
+    double whole = (double)(long long)x;
+    return whole > x ? whole - 1.0 : whole;
+}

@@ -59,6 +59,12 @@ public enum Rumprun {
     }
 
     #if hasFeature(Embedded)
+    /// Network interfaces the launcher attached (`-I`, `-W`).
+    public static var networkInterfaces: [GuestNetworkInterface] { Platform.configuration.networkInterfaces }
+
+    /// Block devices the launcher attached (`-b`).
+    public static var blockDevices: [GuestBlockDevice] { Platform.configuration.blockDevices }
+
     /// Heap counters of the guest.
     public static var heapStatistics: HeapStatistics? { Platform.heapStatistics }
     #endif

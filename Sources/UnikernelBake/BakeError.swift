@@ -46,7 +46,8 @@ public enum BakeError: Error, Equatable, CustomStringConvertible {
             return "\(tool) not found: \(hint)"
         case let .commandFailed(command, status, output):
             let tail = output.split(separator: "\n").suffix(25).joined(separator: "\n")
-            return "command failed with status \(status): \(command)\n\(tail)"
+            let shown = command.count > 300 ? String(command.prefix(300)) + " … (\(command.count) characters)" : command
+            return "command failed with status \(status): \(shown)\n\(tail)"
         case let .imageCheckFailed(path, problems):
             return "\(path): image check failed:\n" + problems.map { "  - \($0)" }.joined(separator: "\n")
         case let .outputNotWritable(path, detail):

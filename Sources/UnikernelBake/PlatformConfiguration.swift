@@ -25,9 +25,10 @@ public struct PlatformConfiguration: Equatable, Sendable {
                 from multiboot loaders (QEMU -M pc through SeaBIOS, GRUB) when baked with
                 --format multiboot or converted by rumprun-cli. Console on the 16550 serial
                 port (COM1). Exit status through QEMU's isa-debug-exit device (port 0xf4).
-                Platform modules: CPUPrimitives, BareMetalKit, Rumprun.
+                Drivers: PCI, virtio-net/blk/rng, e1000 (use --machine pc for PCI devices).
+                Platform modules: CPUPrimitives, DeviceInterfaces, BareMetalKit, NetStack, Rumprun.
                 """,
-            modules: ["CPUPrimitives", "BareMetalKit", "Rumprun"], defaultFormat: .pvh, unavailableReason: nil),
+            modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "NetStack", "Rumprun"], defaultFormat: .pvh, unavailableReason: nil),
         PlatformConfiguration(
             name: "hw_virtio", platform: .hw,
             summary: "cloud and QEMU/KVM guests with virtio devices only",
@@ -35,9 +36,9 @@ public struct PlatformConfiguration: Equatable, Sendable {
                 The hw platform for virtual machines: like hw_generic, meant to carry only the
                 virtio drivers (virtio-net, virtio-blk, virtio-rng) once they exist, for a smaller
                 image. Today it links the same platform modules as hw_generic.
-                Platform modules: CPUPrimitives, BareMetalKit, Rumprun.
+                Platform modules: CPUPrimitives, DeviceInterfaces, BareMetalKit, NetStack, Rumprun.
                 """,
-            modules: ["CPUPrimitives", "BareMetalKit", "Rumprun"], defaultFormat: .pvh, unavailableReason: nil),
+            modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "NetStack", "Rumprun"], defaultFormat: .pvh, unavailableReason: nil),
         PlatformConfiguration(
             name: "xen_pv", platform: .xen,
             summary: "Xen paravirtualized guests (PV and PVH)",

@@ -123,7 +123,7 @@ import Testing
     @Test func configurationsAreListedAndDescribed() throws {
         #expect(PlatformConfiguration.names == ["hw_generic", "hw_virtio", "xen_pv"])
         let generic = try PlatformConfiguration.named("hw_generic")
-        #expect(generic.modules == ["CPUPrimitives", "BareMetalKit", "Rumprun"])
+        #expect(generic.modules == ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "NetStack", "Rumprun"])
         #expect(generic.unavailableReason == nil)
         #expect(try PlatformConfiguration.named("xen_pv").unavailableReason != nil)
         #expect(throws: BakeError.unknownConfiguration("hw_nope", known: ["hw_generic", "hw_virtio", "xen_pv"])) {
