@@ -4,18 +4,6 @@ import Testing
 
 @testable import BareMetalKit
 
-/// A deterministic generator (SplitMix64) so failures reproduce.
-private struct HeapTraceGenerator: RandomNumberGenerator {
-    var state: UInt64
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 final class HeapRegion {
     let memory: UnsafeMutableRawPointer
     let length: Int
@@ -29,7 +17,7 @@ final class HeapRegion {
 @Test func randomTracesKeepAllocationsDisjointAlignedAndIntact() throws {
     let region = HeapRegion(length: 8 << 20)
     var heap = try #require(HeapAllocator(start: region.memory, length: region.length))
-    var generator = HeapTraceGenerator(state: 42)
+    var generator = SplitMixRandom(seed: 42)  // MemoryTestSupport.swift
     struct Live { var pointer: UnsafeMutableRawPointer; var size: Int; var fill: UInt8 }
     var live: [Live] = []
     for step in 0..<20_000 {
