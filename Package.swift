@@ -30,7 +30,7 @@ let guestCSettings: [CSetting] =
 var targets: [Target] = [
     .target(
         name: "CPUPrimitives",
-        exclude: guest ? [] : ["entry.S", "libc.c"],
+        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c"],
         cSettings: guestCSettings
     ),
     .target(

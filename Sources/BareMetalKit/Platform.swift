@@ -152,6 +152,7 @@ struct IdentityMappedMemory: PhysicalMemoryReader {
 @_cdecl("bmk_boot_main")
 public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Platform.console.configure()
+    Exceptions.install()
     let parser: BootInfoParser<IdentityMappedMemory>
     let highest: UInt64
     do {

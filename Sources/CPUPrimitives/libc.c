@@ -96,6 +96,10 @@ void *realloc(void *pointer, size_t size) {
 
 void free(void *pointer) { bmk_heap_free(pointer); }
 
+// The interrupt descriptor table: 256 gates of 16 bytes (BareMetalKit fills it).
+static uint8_t bmk_idt[256 * 16] __attribute__((aligned(16)));
+uintptr_t bmk_idt_address(void) { return (uintptr_t)bmk_idt; }
+
 extern int main(int argc, char **argv);
 int bmk_call_main(void) { return main(0, NULL); }
 

@@ -40,6 +40,7 @@ enum Integration {
     static let hello: Result<String, Error> = Result { try bake("Examples/hello").path }
     static let panic: Result<String, Error> = Result { try bake("Tests/Guests/panic").path }
     static let spin: Result<String, Error> = Result { try bake("Tests/Guests/spin").path }
+    static let trap: Result<String, Error> = Result { try bake("Tests/Guests/trap").path }
     static let devices: Result<String, Error> = Result { try bake("Tests/Guests/devices").path }
     static let httpd: Result<String, Error> = Result { try bake("Examples/httpd").path }
 
@@ -112,6 +113,16 @@ enum Integration {
         #expect(run.stdout.contains("about to panic\nrumprun: panic: integration test panic\n"))
         #expect(run.stderr.contains("rumprun-cli: guest panicked: rumprun: panic: integration test panic"))
         #expect(run.status == 120)
+    }
+
+    @Test(arguments: ["microvm", "pc"])
+    func aRuntimeTrapGivesAnExceptionReport(machine: String) throws {
+        let image = try Integration.trap.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", "--machine", machine, image])
+        #expect(run.stdout.hasPrefix("about to index out of bounds\nrumprun: exception: #UD (vector 6) error code 0x0 RIP 0x1"))
+        #expect(run.stdout.contains("rumprun:   #0 0x1"))
+        #expect(run.stderr.contains("rumprun-cli: guest stopped on a CPU exception: rumprun: exception: #UD (vector 6)"))
+        #expect(run.status == 121)
     }
 
     @Test func aHungGuestIsKilledAtTheTimeout() throws {

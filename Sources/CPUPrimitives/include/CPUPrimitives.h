@@ -86,6 +86,15 @@ uint64_t bmk_boot_timestamp(void);
 static inline uintptr_t bmk_image_start(void) { return (uintptr_t)__image_start; }
 static inline uintptr_t bmk_image_end(void) { return (uintptr_t)__image_end; }
 
+/// The entry stub of exception vector `vector` (0-31, isr.S, guest only).
+static inline uint64_t bmk_exception_stub(unsigned vector) {
+    extern const uint64_t bmk_exception_stubs[];
+    return bmk_exception_stubs[vector & 31];
+}
+
+/// Address of the 256-gate interrupt descriptor table (libc.c, guest only).
+uintptr_t bmk_idt_address(void);
+
 /// Calls the application's `main` (defined by the application, guest only).
 int bmk_call_main(void);
 
