@@ -7,14 +7,15 @@
 import CPUPrimitives
 
 public enum Exceptions {
-    /// Fills gates 0–31 with the isr.S stubs (interrupt gates on the
-    /// current stack), marks 32–255 absent and loads the IDT.
-    public static func install() {
+    /// Fills gates 0–31 with the isr.S stubs (interrupt gates switching to
+    /// IST slot `interruptStack`, 0 for the current stack), marks 32–255
+    /// absent and loads the IDT.
+    public static func install(interruptStack: UInt8 = 0) {
         let table = UnsafeMutableRawPointer(bitPattern: bmk_idt_address())!
         for vector in 0..<256 {
             let gate =
                 vector < 32
-                ? GateDescriptor(handler: bmk_exception_stub(UInt32(vector)), selector: GlobalDescriptorTableLayout.kernelCodeSelector, interruptStack: 0)
+                ? GateDescriptor(handler: bmk_exception_stub(UInt32(vector)), selector: GlobalDescriptorTableLayout.kernelCodeSelector, interruptStack: interruptStack)
                 : GateDescriptor.absent
             table.storeBytes(of: gate.low, toByteOffset: vector * 16, as: UInt64.self)
             table.storeBytes(of: gate.high, toByteOffset: vector * 16 + 8, as: UInt64.self)

@@ -7,7 +7,10 @@ import CPUPrimitives
 /// Global state of the running guest (one CPU, no preemption yet).
 public enum Platform {
     nonisolated(unsafe) static var console = Serial16550(ports: HardwarePorts())
-    nonisolated(unsafe) static var heap: HeapAllocator? = nil
+    nonisolated(unsafe) static var heap: SizeClassHeap<PhysicalPageSource<IdentityFrameMapping>>? = nil
+    /// Start of the 32-bit PCI hole mapped uncached for device registers;
+    /// the launcher keeps guest RAM below it (at most 3072 MiB).
+    static var deviceWindowStart: UInt64 { 0xC000_0000 }
     nonisolated(unsafe) static var bootInfo: BootInfo? = nil
     nonisolated(unsafe) static var configurationStorage: GuestConfiguration? = nil
     nonisolated(unsafe) static var randomState: UInt64 = 0
@@ -19,7 +22,7 @@ public enum Platform {
     public static var boot: BootInfo? { bootInfo }
 
     /// Heap counters.
-    public static var heapStatistics: HeapStatistics? { heap?.statistics }
+    public static var heapStatistics: SizeClassHeapStatistics? { heap?.statistics }
 
     /// TSC value at the first instruction.
     public static var bootTimestamp: UInt64 { bmk_boot_timestamp() }
@@ -162,31 +165,30 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
         Platform.bootFailure(error)
     }
 
-    // The heap: the largest usable memory above the image and everything
-    // the loader placed, within the identity-mapped first 4 GiB.
+    // Physical pages: every usable region above the image and everything the
+    // loader placed (buddy allocator, bookkeeping outside the Swift heap).
     let imageEnd = UInt64(bmk_image_end())
     let floor = (max(imageEnd, highest) + 0xFFF) & ~UInt64(0xFFF)
-    var bestStart: UInt64 = 0
-    var bestLength: UInt64 = 0
+    var pages: PhysicalPageAllocator
+    var mapper: PageTableMapper<IdentityFrameMapping>
     do {
-        try parser.forEachMemoryRegion { region in
-            guard region.kind == .usable else { return }
-            let start = max(region.start, floor)
-            let end = min(region.end, 0x1_0000_0000)
-            if end > start && end - start > bestLength {
-                bestStart = start
-                bestLength = end - start
-            }
-        }
+        pages = try PlatformCore.makePageAllocator(parser: parser, floor: floor)
+        // Page tables built in Swift replace the boot map: null page
+        // unmapped, text R+X, rodata R+NX, data/bss/heap RW+NX, and the
+        // 32-bit PCI hole (device registers, LAPIC, IOAPIC) uncached.
+        mapper = try PlatformCore.buildKernelPageTables(parser: parser, image: PlatformCore.imageLayout, allocator: &pages)
+        try PlatformCore.mapDevice(
+            PhysicalRange(start: PhysicalAddress(Platform.deviceWindowStart), end: PhysicalAddress(0x1_0000_0000)),
+            mapper: &mapper, allocator: &pages)
+        PlatformCore.activate(mapper)
+        // GDT and TSS with guarded IST stacks; exceptions switch to IST 1,
+        // so a stack overflow into a guard page is still reported.
+        try PlatformCore.loadDescriptorTables(istPages: 4, mapper: &mapper, allocator: &pages)
+        Exceptions.install(interruptStack: 1)
     } catch {
-        Platform.bootFailure(error)
+        Platform.panic("setting up memory (page allocator, page tables, descriptor tables) failed")
     }
-    guard bestLength > 0,
-        let heap = HeapAllocator(start: UnsafeMutableRawPointer(bitPattern: UInt(bestStart))!, length: Int(bestLength))
-    else {
-        Platform.panic("no usable memory above the image for a heap")
-    }
-    Platform.heap = heap
+    Platform.heap = SizeClassHeap(pages: PhysicalPageSource(allocator: pages, mapping: IdentityFrameMapping()))
     seedRandom()
 
     do {
@@ -235,11 +237,7 @@ public func heapFree(_ pointer: UnsafeMutableRawPointer?) {
     do {
         try Platform.heap?.free(pointer)
     } catch {
-        switch error {
-        case .doubleFree: Platform.panic("double free")
-        case .pointerOutsideHeap: Platform.panic("free of a pointer outside the heap")
-        case .notAnAllocation: Platform.panic("free of a pointer the heap did not hand out")
-        }
+        Platform.panic("free of a pointer the heap did not hand out, or a double free")
     }
 }
 

@@ -66,6 +66,6 @@ public enum Rumprun {
     public static var blockDevices: [GuestBlockDevice] { Platform.configuration.blockDevices }
 
     /// Heap counters of the guest.
-    public static var heapStatistics: HeapStatistics? { Platform.heapStatistics }
+    public static var heapStatistics: SizeClassHeapStatistics? { Platform.heapStatistics }
     #endif
 }

@@ -41,6 +41,7 @@ enum Integration {
     static let panic: Result<String, Error> = Result { try bake("Tests/Guests/panic").path }
     static let spin: Result<String, Error> = Result { try bake("Tests/Guests/spin").path }
     static let trap: Result<String, Error> = Result { try bake("Tests/Guests/trap").path }
+    static let fault: Result<String, Error> = Result { try bake("Tests/Guests/fault").path }
     static let devices: Result<String, Error> = Result { try bake("Tests/Guests/devices").path }
     static let httpd: Result<String, Error> = Result { try bake("Examples/httpd").path }
 
@@ -122,6 +123,18 @@ enum Integration {
         #expect(run.stdout.hasPrefix("about to index out of bounds\nrumprun: exception: #UD (vector 6) error code 0x0 RIP 0x1"))
         #expect(run.stdout.contains("rumprun:   #0 0x1"))
         #expect(run.stderr.contains("rumprun-cli: guest stopped on a CPU exception: rumprun: exception: #UD (vector 6)"))
+        #expect(run.status == 121)
+    }
+
+    /// The page tables built at boot: the null page is unmapped and text is
+    /// read-only, so both accesses give a page-fault report.
+    @Test(arguments: [("null", "microvm", "error code 0x0", "CR2 0x8\n"), ("text", "pc", "error code 0x3", "CR2 0x100100\n")])
+    func forbiddenAccessesGivePageFaultReports(mode: String, machine: String, errorCode: String, faultAddress: String) throws {
+        let image = try Integration.fault.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", "--machine", machine, image, "--", mode])
+        #expect(run.stdout.hasPrefix("fault: \(mode)\nrumprun: exception: #PF (vector 14) \(errorCode) RIP 0x"))
+        #expect(run.stdout.contains(faultAddress))
+        #expect(!run.stdout.contains("fault: survived"))
         #expect(run.status == 121)
     }
 
