@@ -171,15 +171,21 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     let floor = (max(imageEnd, highest) + 0xFFF) & ~UInt64(0xFFF)
     var pages: PhysicalPageAllocator
     var mapper: PageTableMapper<IdentityFrameMapping>
-    do {
+    do throws(PlatformCoreError) {
         pages = try PlatformCore.makePageAllocator(parser: parser, floor: floor)
         // Page tables built in Swift replace the boot map: null page
         // unmapped, text R+X, rodata R+NX, data/bss/heap RW+NX, and the
         // 32-bit PCI hole (device registers, LAPIC, IOAPIC) uncached.
         mapper = try PlatformCore.buildKernelPageTables(parser: parser, image: PlatformCore.imageLayout, allocator: &pages)
-        try PlatformCore.mapDevice(
-            PhysicalRange(start: PhysicalAddress(Platform.deviceWindowStart), end: PhysicalAddress(0x1_0000_0000)),
-            mapper: &mapper, allocator: &pages)
+        // Mapped before the tables are live, so no TLB entries need flushing
+        // (PlatformCore.mapDevice would INVLPG every 4 KiB of the gigabyte).
+        do throws(PageTableError) {
+            try mapper.identityMap(
+                PhysicalRange(start: PhysicalAddress(Platform.deviceWindowStart), end: PhysicalAddress(0x1_0000_0000)),
+                attributes: .device, excluding: nil, allocator: &pages)
+        } catch {
+            throw PlatformCoreError.pageTable(error)
+        }
         PlatformCore.activate(mapper)
         // GDT and TSS with guarded IST stacks; exceptions switch to IST 1,
         // so a stack overflow into a guard page is still reported.
