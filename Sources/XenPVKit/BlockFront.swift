@@ -85,7 +85,7 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
     var nextSerial = 0
     var completions: [BlockCompletion] = []
     /// Pages whose grant the backend still held when we ended it.
-    var quarantine: [Segment] = []
+    var quarantine = GrantedPageQuarantine()
 
     /// Requests submitted and not yet completed.
     public var outstandingRequestCount: Int { pending.count }
@@ -469,24 +469,11 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
     }
 
     mutating func release(_ segment: Segment) {
-        switch try? grants.endAccess(segment.reference) {
-        case .released?: memory.freePage(segment.page)
-        case .deferred?: quarantine.append(segment)
-        case nil: preconditionFailure("blkfront ended a grant it does not hold")
-        }
+        quarantine.release(segment.reference, page: segment.page, grants: grants, memory: &memory)
     }
 
     /// Frees pages whose grants the backend has let go of.
     mutating func sweepQuarantine() {
-        guard !quarantine.isEmpty else { return }
-        _ = grants.reclaim()
-        var index = 0
-        while index < quarantine.count {
-            if grants.isAwaitingRelease(quarantine[index].reference) {
-                index += 1
-            } else {
-                memory.freePage(quarantine.remove(at: index).page)
-            }
-        }
+        quarantine.sweep(grants: grants, memory: &memory)
     }
 }

@@ -167,3 +167,39 @@ public final class GrantTable {
         return released
     }
 }
+
+/// Pages a frontend shared with its backend, freed only once the backend
+/// has let go of them: ending access to a grant the backend still maps is
+/// deferred, and the page waits here until `sweep` finds it released.
+struct GrantedPageQuarantine {
+    private var entries: [(reference: GrantReference, page: UnsafeMutableRawPointer)] = []
+
+    var count: Int { entries.count }
+
+    /// Ends access to `reference` and frees `page`, or quarantines it while
+    /// the backend still maps it. Ending a grant the frontend never held is
+    /// a broken invariant, not a backend fault, and traps.
+    mutating func release<Memory: GuestMemory>(
+        _ reference: GrantReference, page: UnsafeMutableRawPointer, grants: GrantTable, memory: inout Memory
+    ) {
+        switch try? grants.endAccess(reference) {
+        case .released?: memory.freePage(page)
+        case .deferred?: entries.append((reference, page))
+        case nil: preconditionFailure("a frontend ended a grant it does not hold")
+        }
+    }
+
+    /// Frees the quarantined pages whose grants the backend has released.
+    mutating func sweep<Memory: GuestMemory>(grants: GrantTable, memory: inout Memory) {
+        guard !entries.isEmpty else { return }
+        _ = grants.reclaim()
+        var index = 0
+        while index < entries.count {
+            if grants.isAwaitingRelease(entries[index].reference) {
+                index += 1
+            } else {
+                memory.freePage(entries.remove(at: index).page)
+            }
+        }
+    }
+}

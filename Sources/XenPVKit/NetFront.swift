@@ -62,7 +62,7 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
     /// Fragments of a frame that continues in the next response.
     var partialFrame: [UInt8] = []
     var dropPartial = false
-    var quarantine: [Page] = []
+    var quarantine = GrantedPageQuarantine()
 
     /// Frames handed to the backend and not yet answered.
     public var outstandingTransmitCount: Int { transmitSlots.count - freeTransmitIDs.count }
@@ -297,24 +297,11 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
     }
 
     mutating func release(_ page: Page) {
-        switch try? grants.endAccess(page.reference) {
-        case .released?: memory.freePage(page.page)
-        case .deferred?: quarantine.append(page)
-        case nil: preconditionFailure("netfront ended a grant it does not hold")
-        }
+        quarantine.release(page.reference, page: page.page, grants: grants, memory: &memory)
     }
 
     mutating func sweepQuarantine() {
-        guard !quarantine.isEmpty else { return }
-        _ = grants.reclaim()
-        var index = 0
-        while index < quarantine.count {
-            if grants.isAwaitingRelease(quarantine[index].reference) {
-                index += 1
-            } else {
-                memory.freePage(quarantine.remove(at: index).page)
-            }
-        }
+        quarantine.sweep(grants: grants, memory: &memory)
     }
 
     mutating func ringFailed(_ error: RingError) {
