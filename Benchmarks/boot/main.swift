@@ -29,28 +29,14 @@ struct Options {
 
 /// The baseline: both entry points write "exit status 0" (value 1) to the
 /// debug-exit port as their first instruction.
-let minimalAssembly = """
-        .section .multiboot, "a"
-        .globl multiboot_header
-    multiboot_header:
-        .long 0, 0, 0
-        .section .note.Xen, "a", @note
-        .align 4
-        .long 4, 4, 18
-        .asciz "Xen"
-        .align 4
-        .long _start_pvh
-        .section .text.boot, "ax"
-        .code32
-        .globl _start_multiboot, _start_pvh
-    _start_multiboot:
-    _start_pvh:
-        movw $0xf4, %dx
-        movl $1, %eax
-        outl %eax, %dx
-    1:  hlt
-        jmp 1b
-    """
+let minimalAssembly = LinkerScript.skeletonAssembly(
+    entryCode: """
+            movw $0xf4, %dx
+            movl $1, %eax
+            outl %eax, %dx
+        1:  hlt
+            jmp 1b
+        """)
 
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("boot-benchmark: \(message)\n".utf8))

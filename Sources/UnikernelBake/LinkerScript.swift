@@ -69,4 +69,32 @@ public struct LinkerScript: Equatable, Sendable {
 
             """
     }
+
+    /// Assembly for the smallest image this layout accepts: the empty
+    /// multiboot slot, the PVH note, and both entry points at `entryCode`
+    /// (32-bit code), followed by `extraSections`. Baselines and test
+    /// fixtures build on it; real images get all of this from entry.S.
+    public static func skeletonAssembly(entryCode: String, extraSections: String = "") -> String {
+        """
+            .section .multiboot, "a"
+            .align 4
+            .globl multiboot_header
+        multiboot_header:
+            .long 0, 0, 0
+            .section .note.Xen, "a", @note
+            .align 4
+            .long 4, 4, 18
+            .asciz "Xen"
+            .align 4
+            .long _start_pvh
+            .section .text.boot, "ax"
+            .code32
+            .globl _start_multiboot, _start_pvh
+        _start_multiboot:
+        _start_pvh:
+        \(entryCode)
+        \(extraSections)
+
+        """
+    }
 }

@@ -18,34 +18,20 @@ enum Fixtures {
 
     /// The smallest image with the shape entry.S gives: a multiboot slot,
     /// both entry points, a PVH note, rodata, data and bss.
-    static let imageAssembly = """
-            .section .multiboot, "a"
-            .align 4
-            .globl multiboot_header
-        multiboot_header:
-            .long 0, 0, 0
-            .section .note.Xen, "a", @note
-            .align 4
-            .long 4, 4, 18
-            .asciz "Xen"
-            .align 4
-            .long _start_pvh
-            .section .text.boot, "ax"
-            .code32
-            .globl _start_multiboot, _start_pvh
-        _start_multiboot:
-        _start_pvh:
-            hlt
-            jmp _start_pvh
-            .section .rodata
-        message: .asciz "fixture"
-            .data
-            .globl counter
-        counter: .long 1
-            .bss
-        buffer: .skip 8192
-
-        """
+    static let imageAssembly = LinkerScript.skeletonAssembly(
+        entryCode: """
+                hlt
+                jmp _start_pvh
+            """,
+        extraSections: """
+                .section .rodata
+            message: .asciz "fixture"
+                .data
+                .globl counter
+            counter: .long 1
+                .bss
+            buffer: .skip 8192
+            """)
 
     /// Assembles or compiles `source` for `target` into `directory/name`.
     static func compile(_ source: String, name: String, target: String = "x86_64-unknown-none-elf", language: String = "assembler-with-cpp", in directory: String) throws -> String {
