@@ -46,17 +46,23 @@ public struct GuestBuilder: Sendable {
         let stamp = scratchDirectory + "/platform-\(modules.joined(separator: "+")).stamp"
         let fingerprint = try platformFingerprint(modules: modules)
         let previous = (try? String(contentsOfFile: stamp, encoding: .utf8)) ?? ""
-        if previous == fingerprint, let objects = try? objectFiles(modules: modules), !objects.isEmpty {
+        if previous == fingerprint, isBuilt(modules), let objects = try? objectFiles(modules: modules), !objects.isEmpty {
             return (objects, true)
         }
         var environment = ProcessInfo.processInfo.environment
         environment["GUEST"] = "1"
-        var arguments = [
+        let arguments = [
             "build", "--triple", Self.triple, "-c", "release", "--scratch-path", scratchDirectory,
             "-Xswiftc", "-wmo", "-Xcc", "-ffreestanding", "-Xcc", "-mno-red-zone",
         ]
-        for module in modules { arguments += ["--target", module] }
-        try Toolchain.run(toolchain.swift, arguments, environment: environment, currentDirectory: sourceRoot)
+        // SwiftPM builds only the last of several --target options, so each
+        // module gets its own (cheap when already built) invocation.
+        for module in modules {
+            try Toolchain.run(toolchain.swift, arguments + ["--target", module], environment: environment, currentDirectory: sourceRoot)
+        }
+        guard isBuilt(modules) else {
+            throw .inputNotFound(moduleDirectory + " (a platform module is missing after the build)")
+        }
         let objects = try objectFiles(modules: modules)
         do {
             try FileManager.default.createDirectory(atPath: scratchDirectory, withIntermediateDirectories: true)
@@ -65,6 +71,16 @@ public struct GuestBuilder: Sendable {
             throw .outputNotWritable(path: stamp, detail: error.localizedDescription)
         }
         return (objects, false)
+    }
+
+    /// Whether every Swift module of the list has its interface in the
+    /// module directory (an application cannot import it otherwise).
+    func isBuilt(_ modules: [String]) -> Bool {
+        modules.allSatisfy { module in
+            let files = FileManager.default.enumerator(atPath: sourceRoot + "/Sources/" + module)?.allObjects as? [String] ?? []
+            let isSwift = files.contains { $0.hasSuffix(".swift") }
+            return !isSwift || FileManager.default.fileExists(atPath: moduleDirectory + "/\(module).swiftmodule")
+        }
     }
 
     func objectFiles(modules: [String]) throws(BakeError) -> [String] {
