@@ -8,6 +8,9 @@ import CPUPrimitives
 public enum Platform {
     nonisolated(unsafe) static var console = Serial16550(ports: HardwarePorts())
     nonisolated(unsafe) static var heap: SizeClassHeap<PhysicalPageSource<IdentityFrameMapping>>? = nil
+    /// The live kernel page tables (set once they are active). Later frames
+    /// for them come from `heap!.pages.allocator`, the buddy's one owner.
+    nonisolated(unsafe) static var pageTables: PageTableMapper<IdentityFrameMapping>? = nil
     /// Start of the 32-bit PCI hole mapped uncached for device registers;
     /// the launcher keeps guest RAM below it (at most 3072 MiB).
     static var deviceWindowStart: UInt64 { 0xC000_0000 }
@@ -195,6 +198,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
         Platform.panic("setting up memory (page allocator, page tables, descriptor tables) failed")
     }
     Platform.heap = SizeClassHeap(pages: PhysicalPageSource(allocator: pages, mapping: IdentityFrameMapping()))
+    Platform.pageTables = mapper
     seedRandom()
 
     do {
