@@ -27,6 +27,7 @@ public enum Exceptions {
 /// Called by isr.S with the saved frame; reports without allocating.
 @_cdecl("bmk_exception")
 public func exceptionEntry(_ frame: UnsafePointer<UInt64>) -> Never {
+    Platform.claimStop()
     let vector = frame[15]
     let errorCode = frame[16]
     let instruction = frame[17]

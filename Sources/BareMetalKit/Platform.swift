@@ -3,6 +3,7 @@
 // platform. Entered from entry.S as bmk_boot_main(protocol, info).
 #if hasFeature(Embedded)
 import CPUPrimitives
+import Synchronization
 
 /// Global state of the running guest (one CPU, no preemption yet).
 public enum Platform {
@@ -76,11 +77,27 @@ public enum Platform {
 
     /// Prints `message` and stops the guest with the panic status.
     public static func panic(_ message: StaticString) -> Never {
+        claimStop()
         write("rumprun: panic: ")
         write(message)
         write("\n")
         halt(portValue: GuestExit.panicValue)
     }
+
+    /// The first CPU to panic or fault owns the console and the exit; any
+    /// other CPU that gets here afterwards stops silently, so a guest stops
+    /// with exactly one report.
+    static func claimStop() {
+        if stopClaimed.exchange(true, ordering: .acquiringAndReleasing) {
+            while true {
+                cpu_disable_interrupts()
+                cpu_halt()
+            }
+        }
+        Processors.haltOthers()
+    }
+
+    static let stopClaimed = Atomic<Bool>(false)
 
     static func halt(portValue: UInt8) -> Never {
         cpu_outl(GuestExit.port, UInt32(portValue))
@@ -212,6 +229,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     } catch {
         Platform.bootFailure(error)
     }
+    Processors.startAll()
     Platform.exit(bmk_call_main())
 }
 

@@ -27,6 +27,8 @@ public struct LaunchOptions: Sendable {
     public var accelerator: Accelerator = .qemu
     public var machine: Machine = .microvm
     public var memoryMegabytes: Int = 64
+    /// Virtual CPUs (QEMU `-smp`); the hw platform starts every one.
+    public var processorCount: Int = 1
     /// `NAME=VALUE` entries for the guest's environment.
     public var environment: [String] = []
     public var extraQEMUArguments: [String] = []
@@ -173,6 +175,9 @@ public enum Launcher {
         guard (16...3072).contains(options.memoryMegabytes) else {
             throw .invalidOption("memory must be 16 to 3072 MiB (the hw platform maps the first 4 GiB), not \(options.memoryMegabytes)")
         }
+        guard (1...64).contains(options.processorCount) else {
+            throw .invalidOption("--smp must be 1 to 64 CPUs (the hw platform's limit), not \(options.processorCount)")
+        }
         for entry in options.environment where !entry.contains("=") || entry.hasPrefix("=") {
             throw .invalidOption("environment entry '\(entry)' is not NAME=VALUE")
         }
@@ -240,6 +245,7 @@ public enum Launcher {
         var arguments = ["-M", options.machine == .microvm && hasPCIDevices ? "microvm,pcie=on" : options.machine.rawValue]
         arguments += ["-accel", options.accelerator == .kvm ? "kvm" : "tcg"]
         arguments += ["-m", String(options.memoryMegabytes)]
+        if options.processorCount > 1 { arguments += ["-smp", String(options.processorCount)] }
         arguments += ["-nodefaults", "-no-reboot", "-display", "none", "-serial", console]
         arguments += ["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]
         arguments += ["-name", options.guestName]

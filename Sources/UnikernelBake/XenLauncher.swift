@@ -19,7 +19,7 @@ public enum XenLauncher {
             "type = \"pvh\"",
             "kernel = \(quote(options.image))",
             "memory = \(options.memoryMegabytes)",
-            "vcpus = 1",
+            "vcpus = \(options.processorCount)",
             "on_poweroff = \"destroy\"",
             "on_reboot = \"destroy\"",
             "on_crash = \"preserve\"",

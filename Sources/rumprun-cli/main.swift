@@ -54,6 +54,9 @@ struct Run: ParsableCommand {
     @Option(name: .customShort("M"), help: ArgumentHelp("Guest memory in MiB (default 64).", valueName: "MB"))
     var memory: Int = 64
 
+    @Option(name: .long, help: ArgumentHelp("Virtual CPUs (QEMU -smp, 1 to 64); the guest starts all of them.", valueName: "N"))
+    var smp: Int = 1
+
     @Option(name: .customShort("e"), help: ArgumentHelp("Set a guest environment variable (repeatable).", valueName: "VAR=VALUE"))
     var environment: [String] = []
 
@@ -114,6 +117,7 @@ struct Run: ParsableCommand {
         options.accelerator = platform
         options.machine = machine
         options.memoryMegabytes = memory
+        options.processorCount = smp
         options.environment = environment
         options.extraQEMUArguments = qemuArguments.flatMap { $0.split(separator: " ").map(String.init) }
         options.startPaused = paused

@@ -4,6 +4,12 @@
 #if hasFeature(Embedded)
 import CPUPrimitives
 
+/// A GDT and TSS written to memory, not yet loaded (one per CPU).
+public struct PreparedDescriptorTables {
+    public var base: UInt64
+    public var taskState: TaskStateSegment
+}
+
 extension PlatformCore {
     /// The kernel image's parts from the linker script symbols
     /// (`__image_start`, `__text_end`, `__rodata_start`, `__rodata_end`,
@@ -64,6 +70,17 @@ extension PlatformCore {
     public static func loadDescriptorTables(
         istPages: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
     ) throws(PlatformCoreError) -> TaskStateSegment {
+        let prepared = try prepareDescriptorTables(istPages: istPages, mapper: &mapper, allocator: &allocator)
+        loadDescriptorTables(prepared)
+        return prepared.taskState
+    }
+
+    /// Builds a GDT and TSS (with guarded IST stacks) in a fresh page without
+    /// loading them: the boot processor prepares them for an application
+    /// processor, which loads them itself with `loadDescriptorTables(_:)`.
+    public static func prepareDescriptorTables(
+        istPages: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
+    ) throws(PlatformCoreError) -> PreparedDescriptorTables {
         guard let page = allocator.allocate(order: 0) else { throw .outOfMemory(what: "GDT page") }
         let pointer = IdentityFrameMapping().pointer(to: page)
         var tss = TaskStateSegment()
@@ -73,11 +90,15 @@ extension PlatformCore {
         let tssAddress = page.rawValue + 64
         tss.store(to: pointer + 64)
         GlobalDescriptorTableLayout.store(to: pointer, taskStateBase: tssAddress)
+        return PreparedDescriptorTables(base: page.rawValue, taskState: tss)
+    }
+
+    /// LGDT, far return into the kernel code selector, LTR, on this CPU.
+    public static func loadDescriptorTables(_ prepared: PreparedDescriptorTables) {
         cpu_load_gdt(
-            page.rawValue, UInt16(GlobalDescriptorTableLayout.byteCount - 1),
+            prepared.base, UInt16(GlobalDescriptorTableLayout.byteCount - 1),
             GlobalDescriptorTableLayout.kernelCodeSelector, GlobalDescriptorTableLayout.kernelDataSelector)
         cpu_load_task_register(GlobalDescriptorTableLayout.taskStateSelector)
-        return tss
     }
 
 }

@@ -1,0 +1,130 @@
+// ProcessorStartup: which processors to start and the interprocessor
+// interrupts that start them. Pure decisions, host-tested; the guest side is
+// GuestProcessors.swift.
+//
+// Facts: ACPI 6.5 §5.2.12.2 and §5.2.12.12 (Local APIC and x2APIC entries,
+// Enabled and Online Capable flags); Intel SDM vol. 3A §10.6.1 (ICR layout),
+// §8.4.4.1 (INIT-SIPI-SIPI: INIT, 10 ms, STARTUP, 200 us, STARTUP).
+
+/// One processor the platform will try to start.
+public struct ProcessorSlot: Equatable, Sendable {
+    /// Dense index: 0 is the boot processor, then the MADT's order.
+    public var index: Int
+    public var apicID: UInt32
+    public var processorUID: UInt32
+}
+
+/// Why a MADT processor entry is not started.
+public enum ProcessorSkipReason: Equatable, Sendable {
+    /// Neither Enabled nor Online Capable: not usable at all.
+    case disabled
+    /// Online Capable but not Enabled: could be hot-added, not present now.
+    case notPresent
+    /// A second entry with an APIC ID already listed.
+    case duplicateAPICID
+    /// More processors than the platform supports.
+    case beyondLimit
+    /// An x2APIC ID the xAPIC ICR cannot address (above 254).
+    case needsX2APIC
+}
+
+/// The processors to start, in order, and the ones left out with reasons.
+public struct ProcessorStartupPlan: Equatable, Sendable {
+    public var bootProcessor: ProcessorSlot
+    public var applicationProcessors: [ProcessorSlot] = []
+    public var skipped: [(apicID: UInt32, reason: ProcessorSkipReason)] = []
+
+    public var processorCount: Int { 1 + applicationProcessors.count }
+
+    /// Builds the plan from the MADT's processor entries. `bootAPICID` is the
+    /// running CPU's own APIC ID; if the MADT does not list it, the boot
+    /// processor still counts as CPU 0. `x2APIC` says whether the ICR can
+    /// address 32-bit IDs.
+    public init(processors: [MADTProcessor], bootAPICID: UInt32, limit: Int, x2APIC: Bool = false) {
+        let bootUID = processors.first(where: { $0.apicID == bootAPICID })?.processorUID ?? 0
+        bootProcessor = ProcessorSlot(index: 0, apicID: bootAPICID, processorUID: bootUID)
+        var seen: [UInt32] = [bootAPICID]
+        for entry in processors where entry.apicID != bootAPICID {
+            let reason: ProcessorSkipReason?
+            if !entry.isEnabled {
+                reason = entry.isOnlineCapable ? .notPresent : .disabled
+            } else if seen.contains(entry.apicID) {
+                reason = .duplicateAPICID
+            } else if !x2APIC && entry.apicID > 254 {
+                reason = .needsX2APIC
+            } else if 1 + applicationProcessors.count >= limit {
+                reason = .beyondLimit
+            } else {
+                reason = nil
+            }
+            if let reason {
+                skipped.append((entry.apicID, reason))
+                continue
+            }
+            seen.append(entry.apicID)
+            applicationProcessors.append(
+                ProcessorSlot(index: 1 + applicationProcessors.count, apicID: entry.apicID, processorUID: entry.processorUID))
+        }
+    }
+
+    public static func == (lhs: ProcessorStartupPlan, rhs: ProcessorStartupPlan) -> Bool {
+        lhs.bootProcessor == rhs.bootProcessor && lhs.applicationProcessors == rhs.applicationProcessors
+            && lhs.skipped.count == rhs.skipped.count
+            && zip(lhs.skipped, rhs.skipped).allSatisfy { $0.apicID == $1.apicID && $0.reason == $1.reason }
+    }
+}
+
+/// An interprocessor interrupt as the xAPIC interrupt command register
+/// takes it: destination in ICR high bits 24–31, command in ICR low.
+public struct InterProcessorInterrupt: Equatable, Sendable {
+    public var destination: UInt32
+    public var command: UInt32
+
+    /// ICR high word for xAPIC mode.
+    public var high: UInt32 { destination << 24 }
+
+    static let levelAssert: UInt32 = 1 << 14
+    static let deliveryFixed: UInt32 = 0 << 8
+    static let deliveryNMI: UInt32 = 4 << 8
+    static let deliveryINIT: UInt32 = 5 << 8
+    static let deliverySTARTUP: UInt32 = 6 << 8
+    /// ICR low bit 12: set while the local APIC is still sending.
+    public static let deliveryPending: UInt32 = 1 << 12
+
+    /// INIT, level assert: resets the target into wait-for-SIPI.
+    public static func initialize(apicID: UInt32) -> InterProcessorInterrupt {
+        InterProcessorInterrupt(destination: apicID, command: deliveryINIT | levelAssert)
+    }
+
+    /// STARTUP: the target begins in real mode at `page` << 12. The page must
+    /// lie below 1 MiB (`page` < 0x100) and not be 0xA0–0xBF (VGA window).
+    public static func startup(apicID: UInt32, page: UInt8) -> InterProcessorInterrupt {
+        InterProcessorInterrupt(destination: apicID, command: deliverySTARTUP | levelAssert | UInt32(page))
+    }
+
+    /// A fixed-vector interrupt (vectors 32–255).
+    public static func fixed(apicID: UInt32, vector: UInt8) -> InterProcessorInterrupt {
+        precondition(vector >= 32, "fixed IPIs use vectors 32-255")
+        return InterProcessorInterrupt(destination: apicID, command: deliveryFixed | levelAssert | UInt32(vector))
+    }
+
+    /// A non-maskable interrupt to every CPU but the sender (destination
+    /// shorthand 11b, ICR bits 18-19): how a panicking CPU stops the others.
+    public static var nonMaskableToAllOthers: InterProcessorInterrupt {
+        InterProcessorInterrupt(destination: 0, command: 3 << 18 | deliveryNMI | levelAssert)
+    }
+
+    /// A non-maskable interrupt (vector field ignored).
+    public static func nonMaskable(apicID: UInt32) -> InterProcessorInterrupt {
+        InterProcessorInterrupt(destination: apicID, command: deliveryNMI | levelAssert)
+    }
+}
+
+/// Delays of the universal start-up algorithm, in microseconds.
+public enum ProcessorStartupTiming {
+    public static let afterINIT: UInt64 = 10_000
+    public static let afterSTARTUP: UInt64 = 200
+    /// How long the boot processor waits for an AP to report before it is
+    /// declared dead and skipped (generous: a loaded host running TCG).
+    public static let reportTimeout: UInt64 = 2_000_000
+}

@@ -1,0 +1,36 @@
+// TicketLock: a fair spinlock for several CPUs. Each locker takes the next
+// ticket and spins until the lock serves it; interrupts stay masked while it
+// is held, so an interrupt handler on the same CPU can never spin on a lock
+// its own CPU holds.
+#if hasFeature(Embedded)
+import CPUPrimitives
+import Synchronization
+
+public struct TicketLock: ~Copyable {
+    let nextTicket = Atomic<UInt32>(0)
+    let nowServing = Atomic<UInt32>(0)
+
+    public init() {}
+
+    /// Masks interrupts, then waits for this CPU's turn. Returns whether
+    /// interrupts were enabled, for `unlock(restoring:)`.
+    public func lock() -> Bool {
+        let interruptsWereEnabled = cpu_interrupts_enabled() != 0
+        cpu_disable_interrupts()
+        let ticket = nextTicket.wrappingAdd(1, ordering: .relaxed).oldValue
+        while nowServing.load(ordering: .acquiring) != ticket { cpu_pause() }
+        return interruptsWereEnabled
+    }
+
+    public func unlock(restoring interruptsWereEnabled: Bool) {
+        nowServing.wrappingAdd(1, ordering: .releasing)
+        if interruptsWereEnabled { cpu_enable_interrupts() }
+    }
+
+    public func withLock<Result>(_ body: () -> Result) -> Result {
+        let state = lock()
+        defer { unlock(restoring: state) }
+        return body()
+    }
+}
+#endif
