@@ -212,7 +212,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     } catch {
         Platform.bootFailure(error)
     }
-    Platform.exit(bmk_call_main())
+    ThreadRuntime.runMain()
 }
 
 @_cdecl("bmk_stack_smashed")
