@@ -2,8 +2,8 @@
 // TSC scaled to nanoseconds since the image's first instruction; the scale
 // comes from the first source that answers: kvmclock (pvclock record, KVM
 // MSR 0x4b564d01), CPUID leaf 0x15 (crystal ratio, Intel SDM vol. 2A), PIT
-// channel 2 (gate and OUT2 through port 0x61), PIT channel 0 (mode 0 and the
-// read-back command's OUT status; Intel 8254 data sheet), the HPET main
+// channel 0 (counter-latch samples bracketed by TSC reads; Intel 8254 data
+// sheet), PIT channel 2 (gate and OUT2 through port 0x61), the HPET main
 // counter (IA-PC HPET 1.0a §2.3), and last CPUID leaf 0x16 (nominal base
 // frequency). Wall time is the CMOS RTC (MC146818A; century register from
 // the ACPI FADT) read once, then advanced by the monotonic clock.
@@ -60,12 +60,12 @@ public enum SystemClock {
         } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .cpuidCrystal
-        } else if let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds) {
-            counter = CounterClock(scale: scale, originTicks: origin)
-            source = .pitChannel2
         } else if let scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .pitChannel0
+        } else if let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds) {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .pitChannel2
         } else if let base = firmware.hpetBase, let scale = calibrateWithHPET(base: base, milliseconds: calibrationMilliseconds) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .hpet
@@ -76,7 +76,7 @@ public enum SystemClock {
             source = .cpuidNominal
         } else {
             Platform.panic(
-                "clock: no TSC calibration source answered (kvmclock, CPUID 0x15, PIT channel 2, PIT channel 0, HPET, CPUID 0x16)")
+                "clock: no TSC calibration source answered (kvmclock, CPUID 0x15, PIT channel 0, PIT channel 2, HPET, CPUID 0x16)")
         }
     }
 
@@ -154,30 +154,58 @@ public enum SystemClock {
         return UInt64(leaf.ecx) * UInt64(leaf.ebx) / UInt64(leaf.eax)
     }
 
-    /// PIT channel 0 in mode 0 (interrupt on terminal count) with a count
-    /// of `milliseconds`; the read-back command latches its status, whose
-    /// bit 7 is OUT0 (low while counting, high at terminal count). Works
-    /// without port 0x61 (microvm). Nil when no PIT answers.
+    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with
+    /// the counter-latch command between two TSC reads: (count, TSC at the
+    /// bracket's middle) pairs at both ends of a `milliseconds` window, each
+    /// the tightest of several tries, so slow port I/O (TCG, a loaded host)
+    /// widens no measurement. Works without port 0x61 (microvm). Nil when
+    /// no PIT answers.
     static func calibrateWithPITChannel0(milliseconds: UInt32) -> TickScale? {
-        let count = UInt32(1_193_182) * min(milliseconds, 54) / 1000
-        cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
-        cpu_outb(0x40, UInt8(truncatingIfNeeded: count))
-        cpu_outb(0x40, UInt8(truncatingIfNeeded: count >> 8))
-        let start = cpu_rdtsc()
-        func status() -> UInt8 {
-            cpu_outb(0x43, 0xE2)  // read-back: status only, channel 0
-            return cpu_inb(0x40)
+        let window = UInt64(1_193_182) * UInt64(min(milliseconds, 50)) / 1000
+        func sample() -> (count: UInt64, tsc: UInt64, width: UInt64) {
+            let before = cpu_rdtsc()
+            cpu_outb(0x43, 0x00)  // counter latch, channel 0
+            let after = cpu_rdtsc()
+            let low = UInt64(cpu_inb(0x40))
+            let high = UInt64(cpu_inb(0x40))
+            return (high << 8 | low, before &+ (after &- before) / 2, after &- before)
         }
-        // The status echoes the programmed mode: access 11, mode 000, binary.
-        let first = status()
-        guard first & 0x3F == 0x30, first & 0x80 == 0 else { return nil }
-        var spins: UInt64 = 0
-        while status() & 0x80 == 0 {
-            spins += 1
-            if spins > 50_000_000 { return nil }
+        func tightest(_ tries: Int) -> (count: UInt64, tsc: UInt64, width: UInt64) {
+            var best = sample()
+            for _ in 1..<tries {
+                let next = sample()
+                if next.width < best.width { best = next }
+            }
+            return best
         }
-        let end = cpu_rdtsc()
-        return TickScale(ticks: end &- start, overNanoseconds: UInt64(count) * 1_000_000_000 / 1_193_182)
+        for _ in 0..<4 {
+            cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
+            cpu_outb(0x40, 0xFF)
+            cpu_outb(0x40, 0xFF)
+            // The read-back status echoes the programmed mode (access 11,
+            // mode 000); a missing PIT reads 0xFF.
+            cpu_outb(0x43, 0xE2)
+            guard cpu_inb(0x40) & 0x3F == 0x30 else { return nil }
+            let first = tightest(8)
+            guard first.count > window + 0x800 else { continue }
+            var previous = first.count
+            var spins: UInt64 = 0
+            var wrapped = false
+            while true {
+                let now = sample()
+                if now.count > previous { wrapped = true; break }  // passed zero: too slow, retry
+                previous = now.count
+                if first.count - now.count >= window { break }
+                spins += 1
+                if spins > 50_000_000 { return nil }
+            }
+            if wrapped { continue }
+            let last = tightest(8)
+            guard last.count <= previous, first.count > last.count else { continue }
+            let ticks = first.count - last.count
+            return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: ticks * 1_000_000_000 / 1_193_182)
+        }
+        return nil
     }
 
     /// The TSC against the HPET main counter over `milliseconds`.

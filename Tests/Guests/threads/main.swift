@@ -4,6 +4,7 @@
 // with status 1. Modes (first argument): "all" (default), "overflow" (a
 // thread recurses without bound), "overflow-main" (main does).
 import CPUPrimitives
+import BareMetalKit
 import Rumprun
 
 var failures = 0
