@@ -14,12 +14,18 @@ func check(_ condition: Bool, _ line: String) {
     if !condition { failures += 1 }
 }
 
-/// Recursion the compiler cannot turn into a loop: a 64-byte frame that
-/// must live in memory and a use of it after the call.
+/// Recursion the compiler cannot turn into a loop: a 64-byte frame whose
+/// address escapes into a global, a runtime limit the optimizer cannot see
+/// through, and a use of the frame after the call.
+nonisolated(unsafe) var frameSink: UnsafeMutableRawPointer? = nil
+nonisolated(unsafe) var recursionLimit = Int.max - Rumprun.arguments.count
+
 @inline(never)
 func recurse(_ depth: Int) -> Int {
     var frame = (depth, depth &+ 1, depth &+ 2, depth &+ 3, depth &+ 4, depth &+ 5, depth &+ 6, depth &+ 7)
-    withUnsafeMutableBytes(of: &frame) { _ in cpu_compiler_barrier() }
+    if depth >= recursionLimit { return 0 }
+    withUnsafeMutableBytes(of: &frame) { frameSink = $0.baseAddress }
+    cpu_compiler_barrier()
     return recurse(depth &+ 1) &+ frame.0 &+ frame.7
 }
 
