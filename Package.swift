@@ -30,7 +30,7 @@ let guestCSettings: [CSetting] =
 var targets: [Target] = [
     .target(
         name: "CPUPrimitives",
-        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S"],
+        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S", "switch.S"],
         cSettings: guestCSettings
     ),
     .target(

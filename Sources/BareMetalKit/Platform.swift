@@ -230,7 +230,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
         Platform.bootFailure(error)
     }
     Processors.startAll()
-    Platform.exit(bmk_call_main())
+    ThreadRuntime.runMain()
 }
 
 @_cdecl("bmk_stack_smashed")

@@ -1,7 +1,9 @@
 // LinkerScript: generates the ld.lld script that lays out a swift-rumprun
 // image: loaded at 1 MiB, multiboot header slot first in .text (inside the
 // first 8 KiB of the file), one PT_LOAD per permission set so no segment is
-// both writable and executable, and a PT_NOTE for the Xen PVH entry note.
+// both writable and executable, a PT_NOTE for the Xen PVH entry note, and a
+// PT_TLS for thread-local variables (.tdata/.tbss; the platform copies the
+// image into each thread's TLS block, x86-64 ELF TLS variant II).
 
 /// Parameters of the image layout.
 public struct LinkerScript: Equatable, Sendable {
@@ -28,6 +30,7 @@ public struct LinkerScript: Equatable, Sendable {
                 rodata PT_LOAD FLAGS(4);   /* R   */
                 data   PT_LOAD FLAGS(6);   /* R W */
                 note   PT_NOTE FLAGS(4);
+                tls    PT_TLS FLAGS(4);
             }
 
             SECTIONS
@@ -51,6 +54,17 @@ public struct LinkerScript: Equatable, Sendable {
                 . = ALIGN(\(pageSize));
                 __data_start = .;
                 .data : { *(.data .data.*) } :data
+                /* TLS: aligned to 64 so the thread code can place the thread
+                 * pointer without reading the segment's alignment. */
+                .tdata : ALIGN(64) {
+                    __tdata_start = .;
+                    *(.tdata .tdata.*)
+                    __tdata_end = .;
+                } :data :tls
+                .tbss : ALIGN(64) {
+                    *(.tbss .tbss.*) *(.tcommon)
+                    __tbss_end = .;
+                } :data :tls
                 .got : { *(.got) *(.got.plt) } :data
                 .init_array : { *(.init_array .init_array.*) } :data
                 __bss_start = .;

@@ -1,7 +1,9 @@
 // Scheduler: the thread state machine of the hw platform as pure logic:
 // runnable/running/blocked/sleeping/exited threads, priority run queues
 // (FIFO within a priority), wait queues, joins, and mutex, condition
-// variable (with timed wait) and semaphore semantics. The context-switch
+// variable (with timed wait), semaphore and read-write lock semantics, plus
+// park/unpark (block until woken, with a pending-wake token so a wake from an
+// interrupt handler before the park is not lost) and plain wait queues. The context-switch
 // layer asks it who runs next; it never touches a stack. Semantics follow
 // rumpuser(3) (NetBSD) for the synchronisation objects.
 
@@ -10,7 +12,7 @@ public struct ThreadID: Hashable, Sendable {
     public let rawValue: Int
 }
 
-/// A mutex, condition variable or semaphore's identity.
+/// A mutex, condition variable, semaphore or read-write lock's identity.
 public struct WaitObjectID: Hashable, Sendable {
     public let rawValue: Int
 }
@@ -20,8 +22,11 @@ public enum BlockReason: Equatable, Sendable {
     case mutex(WaitObjectID)
     case condition(WaitObjectID)
     case semaphore(WaitObjectID)
+    case readWrite(WaitObjectID)
     case join(ThreadID)
     case sleep
+    /// Parked until `unpark` (block/wake).
+    case parked
 }
 
 /// Where a thread is in its life.
@@ -48,6 +53,8 @@ public enum SchedulerError: Error, Equatable {
     case joinSelf
     case alreadyJoined(ThreadID)
     case wrongObject(WaitObjectID)
+    /// Leaving a read-write lock that is not held that way.
+    case notHeld(lock: WaitObjectID)
 }
 
 /// The scheduler of one CPU.
@@ -61,12 +68,17 @@ public struct Scheduler {
         var joined = false
         /// For a condition wait: the mutex to take again once woken.
         var reacquire: WaitObjectID? = nil
+        /// For a read-write lock wait: whether the thread wants to write.
+        var wantsWrite = false
+        /// An `unpark` arrived while the thread was not parked.
+        var wakePending = false
     }
 
     enum ObjectKind {
         case mutex(owner: ThreadID?)
         case condition
         case semaphore(count: Int)
+        case readWrite(readers: Int, writer: ThreadID?)
     }
 
     struct WaitObject {
@@ -178,7 +190,11 @@ public struct Scheduler {
                     continue
                 }
                 makeRunnable(thread, .timedOut)
-            case .join:
+            case .readWrite(let lock):
+                removeWaiter(thread, from: lock)
+                makeRunnable(thread, .timedOut)
+                grantReadWrite(lock)
+            case .join, .parked:
                 makeRunnable(thread, .timedOut)
             }
             woken += 1
@@ -316,6 +332,141 @@ public struct Scheduler {
     public func count(of semaphore: WaitObjectID) -> Int? {
         guard semaphore.rawValue < objects.count, case .semaphore(let count) = objects[semaphore.rawValue].kind else { return nil }
         return count
+    }
+
+    // MARK: Read-write locks
+
+    public mutating func createReadWriteLock() -> WaitObjectID { newObject(.readWrite(readers: 0, writer: nil)) }
+
+    /// Enters the lock to read (shared) or write (exclusive): true when
+    /// entered, false when the current thread blocked (it holds the lock
+    /// once it runs again). FIFO: a queued writer holds back later readers.
+    public mutating func enter(_ lock: WaitObjectID, write: Bool) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .readWrite(let readers, let writer) = try object(lock).kind else { throw .wrongObject(lock) }
+        if writer == me { throw .relock(mutex: lock) }
+        if objects[lock.rawValue].waiters.isEmpty, writer == nil, !write || readers == 0 {
+            objects[lock.rawValue].kind = .readWrite(readers: write ? 0 : readers + 1, writer: write ? me : nil)
+            return true
+        }
+        threads[me.rawValue].wantsWrite = write
+        objects[lock.rawValue].waiters.append(me)
+        block(me, .readWrite(lock), deadline: nil)
+        return false
+    }
+
+    /// Enters the lock only if that needs no waiting.
+    public mutating func tryEnter(_ lock: WaitObjectID, write: Bool) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .readWrite(let readers, let writer) = try object(lock).kind else { throw .wrongObject(lock) }
+        guard objects[lock.rawValue].waiters.isEmpty, writer == nil, !write || readers == 0 else { return false }
+        objects[lock.rawValue].kind = .readWrite(readers: write ? 0 : readers + 1, writer: write ? me : nil)
+        return true
+    }
+
+    /// Leaves the lock (the writer, or one of the readers) and hands it on:
+    /// to the first queued writer, or to every reader queued before one.
+    public mutating func exit(_ lock: WaitObjectID) throws(SchedulerError) {
+        let me = try running()
+        guard case .readWrite(let readers, let writer) = try object(lock).kind else { throw .wrongObject(lock) }
+        if let writer {
+            guard writer == me else { throw .notOwner(mutex: lock, thread: me) }
+            objects[lock.rawValue].kind = .readWrite(readers: 0, writer: nil)
+        } else {
+            guard readers > 0 else { throw .notHeld(lock: lock) }
+            objects[lock.rawValue].kind = .readWrite(readers: readers - 1, writer: nil)
+        }
+        grantReadWrite(lock)
+    }
+
+    /// The writer becomes a reader (queued readers may join it).
+    public mutating func downgrade(_ lock: WaitObjectID) throws(SchedulerError) {
+        let me = try running()
+        guard case .readWrite(_, let writer) = try object(lock).kind else { throw .wrongObject(lock) }
+        guard writer == me else { throw .notOwner(mutex: lock, thread: me) }
+        objects[lock.rawValue].kind = .readWrite(readers: 1, writer: nil)
+        grantReadWrite(lock)
+    }
+
+    /// A sole reader becomes the writer; false if other readers hold it.
+    public mutating func tryUpgrade(_ lock: WaitObjectID) throws(SchedulerError) -> Bool {
+        let me = try running()
+        guard case .readWrite(let readers, let writer) = try object(lock).kind else { throw .wrongObject(lock) }
+        guard writer == nil, readers > 0 else { throw .notHeld(lock: lock) }
+        guard readers == 1 else { return false }
+        objects[lock.rawValue].kind = .readWrite(readers: 0, writer: me)
+        return true
+    }
+
+    /// Readers inside and the writer of a read-write lock.
+    public func holders(of lock: WaitObjectID) -> (readers: Int, writer: ThreadID?)? {
+        guard lock.rawValue < objects.count, case .readWrite(let readers, let writer) = objects[lock.rawValue].kind else { return nil }
+        return (readers, writer)
+    }
+
+    mutating func grantReadWrite(_ lock: WaitObjectID) {
+        while case .readWrite(let readers, let writer) = objects[lock.rawValue].kind, writer == nil,
+            let next = objects[lock.rawValue].waiters.first
+        {
+            if threads[next.rawValue].wantsWrite {
+                guard readers == 0 else { return }
+                objects[lock.rawValue].waiters.removeFirst()
+                objects[lock.rawValue].kind = .readWrite(readers: 0, writer: next)
+                makeRunnable(next, .signaled)
+                return
+            }
+            objects[lock.rawValue].waiters.removeFirst()
+            objects[lock.rawValue].kind = .readWrite(readers: readers + 1, writer: nil)
+            makeRunnable(next, .signaled)
+        }
+    }
+
+    // MARK: Block and wake, wait queues
+
+    /// Parks the current thread until `unpark` or `deadline`. Returns false
+    /// when a wake was already pending (the thread keeps running).
+    public mutating func park(deadline: UInt64? = nil) throws(SchedulerError) -> Bool {
+        let me = try running()
+        if threads[me.rawValue].wakePending {
+            threads[me.rawValue].wakePending = false
+            threads[me.rawValue].wakeReason = .signaled
+            return false
+        }
+        block(me, .parked, deadline: deadline)
+        return true
+    }
+
+    /// Wakes a parked thread; for a thread not parked (running, runnable,
+    /// or waiting for something else) the wake stays pending until its next
+    /// `park`. Safe to call from an interrupt handler (with the scheduler's
+    /// state protected by disabled interrupts). False for unknown or exited threads.
+    @discardableResult
+    public mutating func unpark(_ thread: ThreadID) -> Bool {
+        guard thread.rawValue >= 0, thread.rawValue < threads.count else { return false }
+        switch threads[thread.rawValue].state {
+        case .blocked(.parked, _):
+            makeRunnable(thread, .signaled)
+        case .exited:
+            return false
+        default:
+            threads[thread.rawValue].wakePending = true
+        }
+        return true
+    }
+
+    /// Waits on a wait queue (a condition object used without a mutex)
+    /// until `signal`/`broadcast` or `deadline`.
+    public mutating func wait(_ queue: WaitObjectID, deadline: UInt64? = nil) throws(SchedulerError) {
+        let me = try running()
+        guard case .condition = try object(queue).kind else { throw .wrongObject(queue) }
+        threads[me.rawValue].reacquire = nil
+        objects[queue.rawValue].waiters.append(me)
+        block(me, .condition(queue), deadline: deadline)
+    }
+
+    /// The priority a thread was created with.
+    public func priority(of thread: ThreadID) -> Int? {
+        thread.rawValue < threads.count ? threads[thread.rawValue].priority : nil
     }
 
     // MARK: Internals

@@ -65,4 +65,48 @@ static inline uintptr_t bmk_rodata_start(void) { extern char __rodata_start[]; r
 static inline uintptr_t bmk_rodata_end(void) { extern char __rodata_end[]; return (uintptr_t)__rodata_end; }
 static inline uintptr_t bmk_data_start(void) { extern char __data_start[]; return (uintptr_t)__data_start; }
 
+// Threads and TLS (switch.S, linker script; guest only).
+
+/// Saves the callee-saved registers on the current stack, stores RSP in
+/// *save_rsp and continues the thread whose saved RSP is next_rsp.
+void bmk_context_switch(uint64_t *save_rsp, uint64_t next_rsp);
+
+/// Address of the first instructions of a new thread (see switch.S).
+static inline uint64_t bmk_thread_trampoline_address(void) {
+    extern char bmk_thread_trampoline[];
+    return (uint64_t)(uintptr_t)bmk_thread_trampoline;
+}
+
+/// The platform's own thread-local variables, read and written through FS.
+uint64_t bmk_tls_marker_get(void);
+uint64_t bmk_tls_scratch_get(void);
+void bmk_tls_scratch_set(uint64_t value);
+uint64_t bmk_tls_scratch_address(void);
+/// 64 thread-local slots for application keys (index < 64).
+uint64_t bmk_tls_slot_get(unsigned index);
+void bmk_tls_slot_set(unsigned index, uint64_t value);
+
+/// The TLS initialisation image (.tdata) and the size of the whole TLS
+/// segment (.tdata + .tbss), from the linker script.
+static inline uintptr_t bmk_tls_image_start(void) { extern char __tdata_start[]; return (uintptr_t)__tdata_start; }
+static inline uintptr_t bmk_tls_image_end(void) { extern char __tdata_end[]; return (uintptr_t)__tdata_end; }
+static inline uintptr_t bmk_tls_segment_end(void) { extern char __tbss_end[]; return (uintptr_t)__tbss_end; }
+
+/// WRMSR IA32_FS_BASE (0xC0000100), for CPUs without FSGSBASE.
+static inline void cpu_write_fs_base_msr(uint64_t value) {
+    __asm__ volatile("wrmsr" : : "c"(0xC0000100u), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)) : "memory");
+}
+
+/// Saves RFLAGS and clears IF; returns the saved flags for restore.
+static inline uint64_t cpu_save_and_disable_interrupts(void) {
+    uint64_t flags;
+    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) : : "memory");
+    return flags;
+}
+
+/// Sets IF again if it was set in `flags` (from the function above).
+static inline void cpu_restore_interrupts(uint64_t flags) {
+    if (flags & (1u << 9)) __asm__ volatile("sti" : : : "memory");
+}
+
 #endif

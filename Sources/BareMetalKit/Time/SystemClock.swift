@@ -1,0 +1,272 @@
+// SystemClock: the guest's monotonic and wall clocks. Monotonic time is the
+// TSC scaled to nanoseconds since the image's first instruction; the scale
+// comes from the first source that answers: kvmclock (pvclock record, KVM
+// MSR 0x4b564d01), CPUID leaf 0x15 (crystal ratio, Intel SDM vol. 2A), PIT
+// channel 0 (counter-latch samples bracketed by TSC reads; Intel 8254 data
+// sheet), PIT channel 2 (gate and OUT2 through port 0x61), the HPET main
+// counter (IA-PC HPET 1.0a §2.3), and last CPUID leaf 0x16 (nominal base
+// frequency). Wall time is the CMOS RTC (MC146818A; century register from
+// the ACPI FADT) read once, then advanced by the monotonic clock.
+#if hasFeature(Embedded)
+import CPUPrimitives
+
+/// Where the TSC's frequency came from.
+public enum ClockSource: Sendable {
+    case kvmclock
+    case cpuidCrystal
+    case pitChannel2
+    case pitChannel0
+    case hpet
+    case cpuidNominal
+
+    public var name: StaticString {
+        switch self {
+        case .kvmclock: return "kvmclock"
+        case .cpuidCrystal: return "CPUID 0x15"
+        case .pitChannel2: return "PIT channel 2"
+        case .pitChannel0: return "PIT channel 0"
+        case .hpet: return "HPET"
+        case .cpuidNominal: return "CPUID 0x16"
+        }
+    }
+}
+
+/// Monotonic and wall clocks in nanoseconds.
+public enum SystemClock {
+    nonisolated(unsafe) static var counter: CounterClock? = nil
+    nonisolated(unsafe) public private(set) static var source: ClockSource? = nil
+    /// (Unix time in ns, monotonic ns) at the RTC reading; nil until read.
+    nonisolated(unsafe) static var wallOrigin: (unix: UInt64, monotonic: UInt64)? = nil
+    nonisolated(unsafe) static var wallUnavailable = false
+    nonisolated(unsafe) static var centuryRegister: UInt8 = 0
+    nonisolated(unsafe) static var rtcAbsent = false
+
+    /// Calibration window of the PIT and HPET methods (TCG needs ≥ 50 ms
+    /// for a stable figure; see Docs/hw-platform-core.md).
+    static var calibrationMilliseconds: UInt32 { 50 }
+
+    /// Calibrates the TSC; stops the guest with a panic naming every source
+    /// tried when none answers. Prints nothing on success.
+    public static func start() {
+        guard counter == nil else { return }
+        let cpu = CPUInformation(source: HardwareCPUID())
+        let firmware = FirmwareFacts.read()
+        centuryRegister = firmware.century
+        rtcAbsent = firmware.rtcAbsent
+        let origin = Platform.bootTimestamp
+        if cpu.hasKVMClock, let scale = kvmclockScale() {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .kvmclock
+        } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .cpuidCrystal
+        } else if let scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds) {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .pitChannel0
+        } else if let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds) {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .pitChannel2
+        } else if let base = firmware.hpetBase, let scale = calibrateWithHPET(base: base, milliseconds: calibrationMilliseconds) {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .hpet
+        } else if cpu.maximumLeaf >= 0x16, case let mhz = HardwareCPUID().cpuid(leaf: 0x16, subleaf: 0).eax & 0xFFFF, mhz != 0,
+            let scale = TickScale(ticksPerSecond: UInt64(mhz) * 1_000_000)
+        {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .cpuidNominal
+        } else {
+            Platform.panic(
+                "clock: no TSC calibration source answered (kvmclock, CPUID 0x15, PIT channel 0, PIT channel 2, HPET, CPUID 0x16)")
+        }
+    }
+
+    /// Nanoseconds since the image's first instruction.
+    public static var monotonicNanoseconds: UInt64 {
+        guard let counter else { return 0 }
+        return counter.nanoseconds(atTicks: cpu_rdtsc())
+    }
+
+    /// The TSC value at which the monotonic clock reaches `nanoseconds`.
+    public static func tsc(atMonotonic nanoseconds: UInt64) -> UInt64 {
+        guard let counter else { return cpu_rdtsc() }
+        return counter.ticks(atNanoseconds: nanoseconds)
+    }
+
+    /// Measured TSC frequency (Hz).
+    public static var tscFrequency: UInt64 { counter?.scale.ticksPerSecond ?? 0 }
+
+    /// Nanoseconds since 1970-01-01 UTC, from the RTC read at the first
+    /// call; nil when the machine has no (readable) RTC.
+    public static var wallNanoseconds: UInt64? {
+        if wallOrigin == nil && !wallUnavailable { readRealTimeClock() }
+        guard let wallOrigin else { return nil }
+        return wallOrigin.unix &+ (monotonicNanoseconds &- wallOrigin.monotonic)
+    }
+
+    static func readRealTimeClock() {
+        guard !rtcAbsent else {
+            wallUnavailable = true
+            return
+        }
+        do throws(RealTimeClockError) {
+            // Wait for a seconds edge so the reading is exact to the TSC's precision.
+            let first = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
+            var seconds = first
+            var spins = 0
+            while seconds == first && spins < 2_000_000 {
+                seconds = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
+                spins += 1
+            }
+            let now = monotonicNanoseconds
+            guard seconds >= 0 else {
+                wallUnavailable = true
+                return
+            }
+            wallOrigin = (UInt64(seconds) &* 1_000_000_000, now)
+        } catch {
+            wallUnavailable = true
+        }
+    }
+
+    // MARK: Sources
+
+    static func kvmclockScale() -> TickScale? {
+        guard let record = Platform.heap?.allocate(size: 64, alignment: 64) else { return nil }
+        record.initializeMemory(as: UInt8.self, repeating: 0, count: 64)
+        let address = PhysicalAddress(UInt64(UInt(bitPattern: record)))
+        PlatformCore.enableKVMClock(record: address)
+        var spins = 0
+        while cpu_load32(UInt(address.rawValue)) == 0 && spins < 1_000_000 {
+            cpu_pause()
+            spins += 1
+        }
+        let (info, _) = PlatformCore.readKVMClock(record: address)
+        // Stop the updates: the scale is all the TSC clock needs.
+        cpu_wrmsr(0x4B56_4D01, 0)
+        do { try Platform.heap?.free(record) } catch {}
+        return info.scale.multiplier == 0 ? nil : info.scale
+    }
+
+    static func crystalFrequency(_ cpu: CPUInformation) -> UInt64? {
+        guard cpu.maximumLeaf >= 0x15 else { return nil }
+        let leaf = HardwareCPUID().cpuid(leaf: 0x15, subleaf: 0)
+        guard leaf.eax != 0, leaf.ebx != 0, leaf.ecx != 0 else { return nil }
+        return UInt64(leaf.ecx) * UInt64(leaf.ebx) / UInt64(leaf.eax)
+    }
+
+    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with
+    /// the counter-latch command between two TSC reads: (count, TSC at the
+    /// bracket's middle) pairs at both ends of a `milliseconds` window, each
+    /// the tightest of several tries, so slow port I/O (TCG, a loaded host)
+    /// widens no measurement. Works without port 0x61 (microvm). Nil when
+    /// no PIT answers.
+    static func calibrateWithPITChannel0(milliseconds: UInt32) -> TickScale? {
+        let window = UInt64(1_193_182) * UInt64(min(milliseconds, 50)) / 1000
+        func sample() -> (count: UInt64, tsc: UInt64, width: UInt64) {
+            let before = cpu_rdtsc()
+            cpu_outb(0x43, 0x00)  // counter latch, channel 0
+            let after = cpu_rdtsc()
+            let low = UInt64(cpu_inb(0x40))
+            let high = UInt64(cpu_inb(0x40))
+            return (high << 8 | low, before &+ (after &- before) / 2, after &- before)
+        }
+        func tightest(_ tries: Int) -> (count: UInt64, tsc: UInt64, width: UInt64) {
+            var best = sample()
+            for _ in 1..<tries {
+                let next = sample()
+                if next.width < best.width { best = next }
+            }
+            return best
+        }
+        for _ in 0..<4 {
+            cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
+            cpu_outb(0x40, 0xFF)
+            cpu_outb(0x40, 0xFF)
+            // The read-back status echoes the programmed mode (access 11,
+            // mode 000); a missing PIT reads 0xFF.
+            cpu_outb(0x43, 0xE2)
+            guard cpu_inb(0x40) & 0x3F == 0x30 else { return nil }
+            let first = tightest(8)
+            guard first.count > window + 0x800 else { continue }
+            var previous = first.count
+            var spins: UInt64 = 0
+            var wrapped = false
+            while true {
+                let now = sample()
+                if now.count > previous { wrapped = true; break }  // passed zero: too slow, retry
+                previous = now.count
+                if first.count - now.count >= window { break }
+                spins += 1
+                if spins > 50_000_000 { return nil }
+            }
+            if wrapped { continue }
+            let last = tightest(8)
+            guard last.count <= previous, first.count > last.count else { continue }
+            let ticks = first.count - last.count
+            return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: ticks * 1_000_000_000 / 1_193_182)
+        }
+        return nil
+    }
+
+    /// The TSC against the HPET main counter over `milliseconds`.
+    static func calibrateWithHPET(base: UInt64, milliseconds: UInt32) -> TickScale? {
+        let capabilities = cpu_load64(UInt(base))
+        let period = capabilities >> 32  // femtoseconds per tick
+        guard period != 0, period <= 100_000_000 else { return nil }
+        let configuration = cpu_load64(UInt(base + 0x10))
+        if configuration & 1 == 0 {
+            (UnsafeMutablePointer<UInt64>(bitPattern: UInt(base + 0x10))!).pointee = configuration | 1
+        }
+        let ticksNeeded = UInt64(milliseconds) * 1_000_000_000_000 / period
+        let counterStart = cpu_load64(UInt(base + 0xF0))
+        let start = cpu_rdtsc()
+        var spins: UInt64 = 0
+        var counterNow = counterStart
+        while counterNow &- counterStart < ticksNeeded {
+            counterNow = cpu_load64(UInt(base + 0xF0))
+            spins += 1
+            if spins > 100_000_000 { return nil }
+        }
+        let end = cpu_rdtsc()
+        let nanoseconds = (counterNow &- counterStart) &* period / 1_000_000
+        return TickScale(ticks: end &- start, overNanoseconds: nanoseconds)
+    }
+}
+
+/// Firmware facts the clocks need (ACPI FADT century and RTC presence, the
+/// HPET's address), read through the live page tables so that tables in
+/// unmapped memory count as absent rather than faulting.
+struct FirmwareFacts {
+    var century: UInt8 = 0
+    var rtcAbsent = false
+    var hpetBase: UInt64? = nil
+
+    static func read() -> FirmwareFacts {
+        var facts = FirmwareFacts()
+        let memory = MappedMemory()
+        guard let rsdp = Platform.boot?.rsdpAddress ?? ACPITables.findRSDP(memory: memory) else { return facts }
+        do throws(FirmwareTableError) {
+            let tables = try ACPITables(memory: memory, rsdpAddress: rsdp)
+            if let fadt = try tables.fadt() {
+                facts.century = fadt.century
+                facts.rtcAbsent = fadt.cmosRTCNotPresent
+            }
+            if let hpet = try tables.hpet(), hpet.baseAddress.addressSpaceID == 0,
+                hpet.baseAddress.address >= Platform.deviceWindowStart, hpet.baseAddress.address < 0x1_0000_0000
+            {
+                facts.hpetBase = hpet.baseAddress.address
+            }
+        } catch {}
+        return facts
+    }
+}
+
+/// Physical memory below 4 GiB that the live page tables map (identity).
+struct MappedMemory: PhysicalMemoryReader {
+    func loadByte(at address: UInt64) -> UInt8? {
+        guard address >= 0x1000, address < 0x1_0000_0000 else { return nil }
+        if let tables = Platform.pageTables, tables.translate(VirtualAddress(address)) == nil { return nil }
+        return cpu_load8(UInt(address))
+    }
+}
+#endif
