@@ -212,6 +212,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     } catch {
         Platform.bootFailure(error)
     }
+    Interrupts.start()
     Platform.exit(bmk_call_main())
 }
 
