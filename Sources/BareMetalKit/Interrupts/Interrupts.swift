@@ -11,8 +11,9 @@ import CPUPrimitives
 /// interrupts disabled, before the EOI; it must quiet its device (read the
 /// cause register) and return whether the device had a reason to
 /// interrupt. A vector whose handler claims nothing 1000 times in a row is
-/// treated as a storm: its line is masked (or the handler removed) and the
-/// console says so.
+/// treated as a storm: its line is masked (or the handler disabled) and the
+/// console says so. Handlers must not allocate or free memory: the heap's
+/// paths need more stack than the 16 KiB interrupt stack has.
 public typealias InterruptHandler = (_ vector: UInt8) -> Bool
 
 /// What `register` handed out: the vector, and the I/O APIC line behind
@@ -56,8 +57,14 @@ public enum Interrupts {
     nonisolated(unsafe) static var allocator = InterruptVectorAllocator()
     nonisolated(unsafe) static var handlers: [InterruptHandler?] = []
     nonisolated(unsafe) static var lineOfVector: [InterruptLine?] = []
-    nonisolated(unsafe) static var unclaimedRun: [UInt32] = []
-    nonisolated(unsafe) static var perVector: [UInt64] = []
+    // Per-vector state touched by the dispatch: fixed buffers allocated
+    // once, so an interrupt never allocates, frees or copies an array (the
+    // heap needs more stack than the interrupt stack offers).
+    nonisolated(unsafe) static var unclaimedRun = UnsafeMutablePointer<UInt32>.allocate(capacity: 256)
+    nonisolated(unsafe) static var perVector = UnsafeMutablePointer<UInt64>.allocate(capacity: 256)
+    /// A storm turned the vector's handler off (MSI/IPI vectors, whose
+    /// source cannot be masked here).
+    nonisolated(unsafe) static var silenced = UnsafeMutablePointer<Bool>.allocate(capacity: 256)
     nonisolated(unsafe) static var reported: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     nonisolated(unsafe) public internal(set) static var statistics = InterruptStatistics()
 
@@ -73,7 +80,7 @@ public enum Interrupts {
     nonisolated(unsafe) public static var wakeHook: (() -> Void)? = nil
 
     /// Interrupts of `vector` taken so far.
-    public static func count(vector: UInt8) -> UInt64 { perVector.isEmpty ? 0 : perVector[Int(vector)] }
+    public static func count(vector: UInt8) -> UInt64 { isRunning ? perVector[Int(vector)] : 0 }
 
     /// Brings the interrupt layer up: the firmware's tables, the 8259s
     /// remapped to 0x20–0x2F and masked, the local APIC enabled (x2APIC
@@ -87,8 +94,9 @@ public enum Interrupts {
         guard cpu.has(.apic) else { return }
         handlers = [InterruptHandler?](repeating: nil, count: 256)
         lineOfVector = [InterruptLine?](repeating: nil, count: 256)
-        unclaimedRun = [UInt32](repeating: 0, count: 256)
-        perVector = [UInt64](repeating: 0, count: 256)
+        unclaimedRun.initialize(repeating: 0, count: 256)
+        perVector.initialize(repeating: 0, count: 256)
+        silenced.initialize(repeating: false, count: 256)
         let firmware = Platform.firmware
         routing = firmware.interruptRouting
         if let pointer = firmware.multiprocessor?.floatingPointer, pointer.imcrPresent {
@@ -177,6 +185,7 @@ public enum Interrupts {
         let vector = try allocator.allocate()
         handlers[Int(vector)] = handler
         unclaimedRun[Int(vector)] = 0
+        silenced[Int(vector)] = false
         return InterruptRegistration(vector: vector, line: nil)
     }
 
@@ -221,7 +230,7 @@ public enum Interrupts {
 
     public static func register(line: InterruptLine, handler: @escaping InterruptHandler) throws(InterruptError) -> InterruptRegistration {
         guard isRunning, line.controller < ioAPICs.count else { throw .notStarted }
-        for existing in lineOfVector where existing?.globalSystemInterrupt == line.globalSystemInterrupt {
+        for index in 0..<256 where lineOfVector[index]?.globalSystemInterrupt == line.globalSystemInterrupt {
             throw .lineBusy(globalSystemInterrupt: line.globalSystemInterrupt)
         }
         let registration = try register(handler: handler)
@@ -267,7 +276,8 @@ public enum Interrupts {
 
     static func dispatch(vector: UInt8) {
         statistics.total &+= 1
-        if !perVector.isEmpty { perVector[Int(vector)] &+= 1 }
+        guard isRunning else { return }
+        perVector[Int(vector)] &+= 1
         if vector == InterruptVectors.spurious {
             statistics.spurious &+= 1
             return
@@ -292,7 +302,7 @@ public enum Interrupts {
             apic.endOfInterrupt()
             return
         }
-        if let handler = handlers[Int(vector)] {
+        if !silenced[Int(vector)], let handler = handlers[Int(vector)] {
             if handler(vector) {
                 unclaimedRun[Int(vector)] = 0
                 wakePending = true
@@ -310,8 +320,9 @@ public enum Interrupts {
         if apic.isInService(vector) { apic.endOfInterrupt() }
     }
 
-    /// A storm: mask the line behind `vector`, or drop the handler of an
+    /// A storm: mask the line behind `vector`, or disable the handler of an
     /// MSI/IPI vector (its next arrivals count as unhandled), and report.
+    /// Nothing is freed here (`unregister` frees, outside interrupts).
     static func stopStorm(vector: UInt8) {
         statistics.storms &+= 1
         statistics.lastStormVector = vector
@@ -324,8 +335,8 @@ public enum Interrupts {
             Platform.writeDecimal(UInt64(line.globalSystemInterrupt))
             Platform.write("): line masked\n")
         } else {
-            handlers[Int(vector)] = nil
-            Platform.write(": handler removed\n")
+            silenced[Int(vector)] = true
+            Platform.write(": handler disabled\n")
         }
     }
 
