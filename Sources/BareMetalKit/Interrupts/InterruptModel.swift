@@ -322,6 +322,17 @@ public enum LocalAPICTimerMode: UInt32, Sendable {
     public func lvt(vector: UInt8, masked: Bool = false) -> UInt32 {
         UInt32(vector) | rawValue << 17 | (masked ? 1 << 16 : 0)
     }
+
+    /// The one-shot initial count for `ticks` TSC ticks at `ratio` APIC
+    /// timer ticks per TSC tick (32.32 fixed point), rounded up, at least 1,
+    /// at most 2^32 − 1 (a longer wait expires early and is re-armed).
+    public static func oneShotCount(forTSCTicks ticks: UInt64, ratio: UInt64) -> UInt32 {
+        let product = ticks.multipliedFullWidth(by: ratio)
+        guard product.high >> 32 == 0 else { return 0xFFFF_FFFF }
+        let whole = product.high << 32 | product.low >> 32
+        let rounded = whole &+ (product.low & 0xFFFF_FFFF != 0 ? 1 : 0)
+        return UInt32(clamping: max(rounded, 1))
+    }
 }
 
 /// LVT LINT0/LINT1 values: masked, or NMI delivery (SDM §11.5.1).
@@ -495,29 +506,5 @@ public struct InterruptRouting: Equatable, Sendable {
             return line(globalSystemInterrupt: entry.globalSystemInterrupt, activeLow: entry.activeLow, levelTriggered: entry.levelTriggered)
         }
         return line(globalSystemInterrupt: UInt32(value), activeLow: true, levelTriggered: true)
-    }
-}
-
-/// Interrupt storm detection: a line that fires more than `limit` times
-/// within `windowTicks` TSC ticks is masked and reported.
-public struct InterruptStormDetector: Sendable {
-    public let limit: UInt32
-    public let windowTicks: UInt64
-    var windowStart: UInt64 = 0
-    var count: UInt32 = 0
-
-    public init(limit: UInt32, windowTicks: UInt64) {
-        self.limit = limit
-        self.windowTicks = windowTicks
-    }
-
-    /// Records one interrupt at `now`; returns true when the line is storming.
-    public mutating func record(at now: UInt64) -> Bool {
-        if now &- windowStart > windowTicks {
-            windowStart = now
-            count = 0
-        }
-        count += 1
-        return count > limit
     }
 }

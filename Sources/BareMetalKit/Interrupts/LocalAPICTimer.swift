@@ -49,16 +49,6 @@ public enum LocalAPICTimer {
         apic.write(LocalAPICRegister.timerVector, LocalAPICTimerMode.oneShot.lvt(vector: InterruptVectors.timer))
     }
 
-    /// The one-shot count for `ticks` TSC ticks, rounded up, at most 2^32 − 1
-    /// (a longer wait expires early and the idle loop re-arms).
-    public static func count(forTSCTicks ticks: UInt64, ratio: UInt64) -> UInt32 {
-        let product = ticks.multipliedFullWidth(by: ratio)
-        guard product.high >> 32 == 0 else { return 0xFFFF_FFFF }
-        let whole = product.high << 32 | product.low >> 32
-        let rounded = whole &+ (product.low & 0xFFFF_FFFF != 0 ? 1 : 0)
-        return UInt32(clamping: max(rounded, 1))
-    }
-
     /// Arms the timer to interrupt at (or, capped, before) TSC `deadline`.
     public static func arm(deadline: UInt64) {
         guard let apic else { return }
@@ -69,7 +59,7 @@ public enum LocalAPICTimer {
         }
         let now = cpu_rdtsc()
         let ticks = deadline > now ? deadline - now : 1
-        apic.write(LocalAPICRegister.timerInitialCount, count(forTSCTicks: ticks, ratio: ticksPerTSCTick))
+        apic.write(LocalAPICRegister.timerInitialCount, LocalAPICTimerMode.oneShotCount(forTSCTicks: ticks, ratio: ticksPerTSCTick))
     }
 
     /// Stops a pending expiry.
