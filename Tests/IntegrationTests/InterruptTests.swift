@@ -15,6 +15,7 @@ extension Integration {
         let out = run.stdout
         #expect(out.contains("interrupts: running, "), "stdout: \(out)")
         #expect(out.contains("timer: 5 waits, 0 returned early, timer interrupts arrived, halted yes\n"), "stdout: \(out)")
+        #expect(out.contains("idle: wait without deadline returns while no device interrupt is registered: yes\n"))
         #expect(out.contains("rtc: IRQ 8 -> GSI 8 edge, periodic interrupts delivered\n"), "stdout: \(out)")
         // An IPI to a vector nobody registered is reported once and ignored.
         #expect(out.contains("rumprun: interrupt: unexpected vector 0xd0 (no handler), ignored\n"))

@@ -8,10 +8,15 @@
 import CPUPrimitives
 
 public enum ProcessorIdle {
+    /// TSC ticks a wait without deadline lasts when no device interrupt is
+    /// registered (about 0.3–1 ms on current CPUs).
+    public static var unboundedWaitLimit: UInt64 { 1 << 20 }
+
     /// Returns when the TSC has reached `deadline`, or earlier when a
     /// device interrupt or IPI was claimed by its handler (it may have made
     /// a thread runnable). `nil` means no deadline: wait for the next such
-    /// interrupt. Timer expiries before the deadline do not return. Callers
+    /// interrupt (bounded by `unboundedWaitLimit` while no device interrupt
+    /// is registered). Timer expiries before the deadline do not return. Callers
     /// re-check their own conditions after every return (spurious returns
     /// are allowed). Restores the caller's interrupt flag.
     public static func wait(untilTSC deadline: UInt64?) {
@@ -22,6 +27,13 @@ public enum ProcessorIdle {
             }
             while cpu_rdtsc() < deadline { cpu_pause() }
             return
+        }
+        // With no device interrupt registered nothing but the timer can end
+        // a wait without deadline: bound it, so that a scheduler over polled
+        // drivers keeps polling (as the PAUSE loop did).
+        var deadline = deadline
+        if deadline == nil && Interrupts.allocator.allocatedCount == 0 {
+            deadline = cpu_rdtsc() &+ unboundedWaitLimit
         }
         let wasEnabled = cpu_save_and_disable_interrupts() != 0
         while true {

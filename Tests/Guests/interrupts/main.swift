@@ -62,6 +62,12 @@ do {
     check(early == 0 && timers > 0 && halts > 0)
 }
 
+do {
+    // No device handler yet: a wait without deadline must still return.
+    ProcessorIdle.wait(untilTSC: nil)
+    print("idle: wait without deadline returns while no device interrupt is registered: yes")
+}
+
 // MARK: Legacy lines
 
 let cmos = PortRegisters(base: 0x70)
