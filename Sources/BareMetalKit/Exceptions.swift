@@ -1,6 +1,7 @@
-// Exceptions: the interrupt descriptor table for the 32 architectural
-// exception vectors and the report a fault gives: vector, error code, RIP,
-// RSP, CR2 and a frame-pointer backtrace, then the exception exit status
+// Exceptions: the interrupt descriptor table: gates for the 32 architectural
+// exception vectors and for the external vectors 32–255 (Interrupts), and
+// the report a fault gives: vector, error code, RIP, RSP, CR2 and a
+// frame-pointer backtrace, then the exception exit status
 // (Intel SDM vol. 3A §6.10–6.14). Swift runtime traps (bounds checks,
 // overflow, force-unwrapping nil) arrive here as #UD.
 #if hasFeature(Embedded)
@@ -21,6 +22,19 @@ public enum Exceptions {
             table.storeBytes(of: gate.high, toByteOffset: vector * 16 + 8, as: UInt64.self)
         }
         cpu_load_idt(UInt64(bmk_idt_address()), UInt16(256 * 16 - 1))
+    }
+
+    /// Fills gates 32–255 with the isr.S interrupt stubs (interrupt gates,
+    /// so handlers start with IF clear, on IST slot `interruptStack`).
+    public static func installInterruptGates(interruptStack: UInt8) {
+        let table = UnsafeMutableRawPointer(bitPattern: bmk_idt_address())!
+        for vector in 32..<256 {
+            let gate = GateDescriptor(
+                handler: bmk_interrupt_stub(UInt32(vector)), selector: GlobalDescriptorTableLayout.kernelCodeSelector,
+                interruptStack: interruptStack)
+            table.storeBytes(of: gate.low, toByteOffset: vector * 16, as: UInt64.self)
+            table.storeBytes(of: gate.high, toByteOffset: vector * 16 + 8, as: UInt64.self)
+        }
     }
 }
 

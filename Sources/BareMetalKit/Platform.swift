@@ -229,6 +229,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     } catch {
         Platform.bootFailure(error)
     }
+    Interrupts.start()
     Processors.startAll()
     ThreadRuntime.runMain()
 }

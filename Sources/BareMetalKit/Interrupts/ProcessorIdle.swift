@@ -1,21 +1,56 @@
 // ProcessorIdle: the one place the guest waits for time to pass or for an
-// interrupt. The scheduler calls it when no thread is runnable; the interrupt
-// layer decides how the wait happens (today a PAUSE loop on the TSC; with the
-// LAPIC timer, arm a TSC deadline and HLT with interrupts enabled).
+// interrupt. The scheduler calls it when no thread is runnable. With the
+// interrupt layer running, the wait arms the LAPIC timer for the deadline
+// and executes STI;HLT (no lost wake-up: STI's one-instruction shadow means
+// an interrupt already pending is taken inside the HLT, not before it);
+// before `Interrupts.start()` it is a PAUSE loop on the TSC.
 #if hasFeature(Embedded)
 import CPUPrimitives
 
 public enum ProcessorIdle {
-    /// Returns when the TSC has reached `deadline`, or earlier when an
-    /// interrupt may have made a thread runnable. `nil` means no deadline:
-    /// wait for the next interrupt. Callers re-check their own conditions
-    /// after every return (spurious returns are allowed).
+    /// TSC ticks a wait without deadline lasts when no device interrupt is
+    /// registered (about 0.3–1 ms on current CPUs).
+    public static var unboundedWaitLimit: UInt64 { 1 << 20 }
+
+    /// Returns when the TSC has reached `deadline`, or earlier when a
+    /// device interrupt or IPI was claimed by its handler (it may have made
+    /// a thread runnable). `nil` means no deadline: wait for the next such
+    /// interrupt (bounded by `unboundedWaitLimit` while no device interrupt
+    /// is registered). Timer expiries before the deadline do not return. Callers
+    /// re-check their own conditions after every return (spurious returns
+    /// are allowed). Restores the caller's interrupt flag.
     public static func wait(untilTSC deadline: UInt64?) {
-        guard let deadline else {
-            cpu_pause()
+        guard Interrupts.isRunning else {
+            guard let deadline else {
+                cpu_pause()
+                return
+            }
+            while cpu_rdtsc() < deadline { cpu_pause() }
             return
         }
-        while cpu_rdtsc() < deadline { cpu_pause() }
+        // With no device interrupt registered nothing but the timer can end
+        // a wait without deadline: bound it, so that a scheduler over polled
+        // drivers keeps polling (as the PAUSE loop did).
+        var deadline = deadline
+        if deadline == nil && Interrupts.allocator.allocatedCount == 0 {
+            deadline = cpu_rdtsc() &+ unboundedWaitLimit
+        }
+        let wasEnabled = cpu_save_and_disable_interrupts() != 0
+        while true {
+            if Interrupts.wakePending {
+                Interrupts.wakePending = false
+                break
+            }
+            if let deadline {
+                if cpu_rdtsc() >= deadline { break }
+                LocalAPICTimer.arm(deadline: deadline)
+            }
+            Interrupts.statistics.halts &+= 1
+            cpu_enable_interrupts_and_halt()
+            cpu_disable_interrupts()
+        }
+        LocalAPICTimer.disarm()
+        if wasEnabled { cpu_enable_interrupts() }
     }
 }
 #endif

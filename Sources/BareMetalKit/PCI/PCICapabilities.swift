@@ -85,6 +85,11 @@ public struct MSICapability: Equatable, Sendable {
         access.write16(function, offset: offset + 2, current & ~0x70 | enabled)
     }
 
+    /// Programs one vector from an MSI message (single-message MSI).
+    public func program<Access: PCIConfigurationAccess>(message: MSIMessage, access: Access) throws(PCIError) {
+        try program(address: message.address, data: UInt16(truncatingIfNeeded: message.data), vectorCount: 1, access: access)
+    }
+
     /// Sets Message Control bit 0 (MSI Enable). Enabling also sets the
     /// command register's Interrupt Disable so INTx# stays quiet.
     public func setEnabled<Access: PCIConfigurationAccess>(_ enabled: Bool, access: Access) {
@@ -209,6 +214,11 @@ public struct MSIXTable<Registers: RegisterBlock> {
         table.write32(at: entry + 0x0, UInt32(truncatingIfNeeded: address))
         table.write32(at: entry + 0x4, UInt32(truncatingIfNeeded: address >> 32))
         table.write32(at: entry + 0x8, data)
+    }
+
+    /// Writes an entry from an MSI message (see `program(vector:address:data:)`).
+    public func program(vector: Int, message: MSIMessage) throws(PCIError) {
+        try program(vector: vector, address: message.address, data: message.data)
     }
 
     /// Sets or clears an entry's Mask Bit.
