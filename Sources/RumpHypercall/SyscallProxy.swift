@@ -28,14 +28,16 @@ public func rumpuserSpInit(
     ProxyServer.lock.lock()
     defer { ProxyServer.lock.unlock() }
     if let previous = ProxyServer.current {
-        guard previous.stopping else { return NetBSDErrno.EBUSY.rawValue }
-        // A server stopped by rumpuser_sp_fini: wait for its thread to end.
-        ProxyServer.lock.unlock()
-        _ = withCPUReleased { pthread_join(previous.thread, nil) }
+        guard previous.stopping || previous.finished else { return NetBSDErrno.EBUSY.rawValue }
+        // A server stopped by rumpuser_sp_fini: wait until its thread has
+        // closed its sockets and disconnected its clients.
+        if !previous.finished {
+            withCPUReleased {
+                while !previous.finished { ProxyServer.finishedCondition.wait(ProxyServer.lock) }
+            }
+        }
         close(previous.wakeWrite)
-        ProxyServer.lock.lock()
-        if ProxyServer.current === previous { ProxyServer.current = nil }
-        guard ProxyServer.current == nil else { return NetBSDErrno.EBUSY.rawValue }
+        ProxyServer.current = nil
     }
     let address: ProxyAddress
     switch ProxyAddress.parse(url) {
@@ -62,7 +64,12 @@ public func rumpuserSpInit(
     let server = ProxyServer(address: address, listenFD: listenFD, wakeRead: pipeEnds[0], wakeWrite: pipeEnds[1],
                              banner: ProxyServer.makeBanner(text(ostype), text(osrelease), text(machine)))
     let context = Unmanaged.passRetained(server).toOpaque()
-    let rv = pthread_create(&server.thread, nil, { context in
+    var attributes = pthread_attr_t()
+    pthread_attr_init(&attributes)
+    pthread_attr_setdetachstate(&attributes, Int32(PTHREAD_CREATE_DETACHED))
+    defer { pthread_attr_destroy(&attributes) }
+    var thread = pthread_t()
+    let rv = pthread_create(&thread, &attributes, { context in
         let server = Unmanaged<ProxyServer>.fromOpaque(context!).takeRetainedValue()
         server.run()
         return nil

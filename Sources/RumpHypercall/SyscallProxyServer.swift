@@ -134,6 +134,12 @@ final class ProxyClient: @unchecked Sendable {
     deinit {
         headerBytes.deallocate()
         free(body)
+        for lock in [mutex, sendLock] {
+            pthread_mutex_destroy(lock.raw)
+            lock.raw.deallocate()
+        }
+        pthread_cond_destroy(changed.raw)
+        changed.raw.deallocate()
     }
 
     /// The `void *` the kernel is given for this client (rfork's first
@@ -438,14 +444,16 @@ final class ProxyServer: @unchecked Sendable {
     let wakeRead: Int32
     let wakeWrite: Int32
     let banner: [UInt8]
-    var thread = pthread_t()
 
     // Server thread only.
     private var clients: [ProxyClient] = []
 
     // Under `ProxyServer.lock`.
     var stopping = false
+    /// The server thread has closed everything (it is detached).
+    var finished = false
     static let lock = HostMutex()
+    static let finishedCondition = HostCondition()
     nonisolated(unsafe) static var current: ProxyServer?
     nonisolated(unsafe) static var preforks: [Prefork] = []
 
@@ -503,6 +511,10 @@ final class ProxyServer: @unchecked Sendable {
         address.removeSocketFile()
         for client in clients { disconnect(client) }
         close(wakeRead)
+        ProxyServer.lock.lock()
+        finished = true
+        ProxyServer.finishedCondition.broadcast()
+        ProxyServer.lock.unlock()
     }
 
     private func accept() {
