@@ -104,6 +104,11 @@ final class ProxyClient: @unchecked Sendable {
     let changed = HostCondition()
     private let sendLock = HostMutex()
 
+    /// Most jobs (system calls) one client may have queued or running; more
+    /// are refused with ERROR TRYAGAIN, which rumpclient answers by sending
+    /// the request again. NetBSD has no bound.
+    static let maximumJobs = 64
+
     // Under `mutex`.
     var state = State.new
     /// The connection's own reference plus one per queued or running job.
@@ -155,7 +160,7 @@ final class ProxyClient: @unchecked Sendable {
     /// Sends one frame (header then `parts`) whole. Waits at most 30 s for
     /// room in the socket; a client that does not read for that long is shut
     /// down. Returns 0 or a NetBSD errno.
-    func send(_ header: ProxyHeader, _ parts: [UnsafeRawBufferPointer] = []) -> Int32 {
+    func send(_ header: ProxyHeader, _ parts: [UnsafeRawBufferPointer] = [], patience: Int32 = 30_000) -> Int32 {
         var headerStorage = (UInt64(0), UInt64(0), UInt64(0))
         return withUnsafeMutableBytes(of: &headerStorage) { headerBuffer in
             header.encode(into: headerBuffer.baseAddress!)
@@ -165,7 +170,7 @@ final class ProxyClient: @unchecked Sendable {
             }
             sendLock.lock()
             defer { sendLock.unlock() }
-            return vectors.withUnsafeMutableBufferPointer { sendAll($0) }
+            return vectors.withUnsafeMutableBufferPointer { sendAll($0, patience: patience) }
         }
     }
 
@@ -174,10 +179,14 @@ final class ProxyClient: @unchecked Sendable {
         var vector = [iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes.baseAddress), iov_len: bytes.count)]
         sendLock.lock()
         defer { sendLock.unlock() }
-        return vector.withUnsafeMutableBufferPointer { sendAll($0) }
+        return vector.withUnsafeMutableBufferPointer { sendAll($0, patience: ProxyClient.serverPatience) }
     }
 
-    private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>) -> Int32 {
+    /// How long the server thread waits for room in a client's socket: it
+    /// serves everyone, so a client that does not read is dropped sooner.
+    static let serverPatience: Int32 = 5_000
+
+    private func sendAll(_ vectors: UnsafeMutableBufferPointer<iovec>, patience: Int32) -> Int32 {
         var first = 0
         while first < vectors.count {
             var message = msghdr()
@@ -189,7 +198,7 @@ final class ProxyClient: @unchecked Sendable {
                 if error == EINTR { continue }
                 if error == EAGAIN {
                     var waiting = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-                    let ready = poll(&waiting, 1, 30_000)
+                    let ready = poll(&waiting, 1, patience)
                     if ready == 0 {
                         shutdown(fd, Int32(SHUT_RDWR))
                         return NetBSDErrno.ETIMEDOUT.rawValue
@@ -212,15 +221,17 @@ final class ProxyClient: @unchecked Sendable {
         return 0
     }
 
+    /// An ERROR frame (sent by the server thread).
     func sendError(_ request: UInt64, _ code: ProxyWire.ErrorCode) {
-        _ = send(ProxyHeader(length: ProxyWire.headerSize, request: request, frameClass: .error, type: 0, argument: code.rawValue))
+        _ = send(ProxyHeader(length: ProxyWire.headerSize, request: request, frameClass: .error, type: 0, argument: code.rawValue),
+                 patience: ProxyClient.serverPatience)
     }
 
     func sendHandshakeResponse(_ request: UInt64, error: Int32) {
         var value = error
         withUnsafeBytes(of: &value) {
             _ = send(ProxyHeader(length: ProxyWire.headerSize + 4, request: request, frameClass: .response,
-                                 type: ProxyWire.FrameType.handshake.rawValue), [$0])
+                                 type: ProxyWire.FrameType.handshake.rawValue), [$0], patience: ProxyClient.serverPatience)
         }
     }
 
@@ -797,14 +808,23 @@ final class ProxyServer: @unchecked Sendable {
         ProxyServer.lock.unlock()
         withUnsafeBytes(of: &key) {
             _ = client.send(ProxyHeader(length: ProxyWire.headerSize + ProxyWire.authLength, request: header.request,
-                                        frameClass: .response, type: ProxyWire.FrameType.prefork.rawValue), [$0])
+                                        frameClass: .response, type: ProxyWire.FrameType.prefork.rawValue), [$0],
+                            patience: ProxyClient.serverPatience)
         }
     }
 
     private func schedule(_ client: ProxyClient, _ header: ProxyHeader, _ body: UnsafeMutableRawPointer?, _ length: Int,
                           _ kind: ProxyWorkers.Kind)
     {
-        client.retain()
+        client.mutex.lock()
+        let busy = kind == .syscall && client.references > ProxyClient.maximumJobs
+        if !busy { client.references += 1 }
+        client.mutex.unlock()
+        if busy {
+            client.sendError(header.request, .tryAgain)
+            free(body)
+            return
+        }
         let job = ProxyWorkers.Job(client: client, header: header, body: body, bodyLength: length, kind: kind)
         if !ProxyWorkers.shared.submit(job) {
             client.sendError(header.request, .tryAgain)

@@ -352,6 +352,30 @@ test_disconnects(const char *url)
 		pause_ms(50);
 	CHECK(conf_sp_exits() >= exits + 2, "hyp_lwpexit calls: %llu, expected %llu",
 	    (unsigned long long)conf_sp_exits(), (unsigned long long)exits + 2);
+
+	/*
+	 * A flood: 100 syscalls that sleep until the client goes.  64 run or
+	 * wait for a worker; the other 36 are refused with ERROR TRYAGAIN (1).
+	 * Closing the connection ends them all.
+	 */
+	enum { FLOOD = 100, JOBS = 64 };
+	CHECK_EQ(guest(&c, url, "flooder"), 0, "handshake");
+	for (int i = 0; i < FLOOD; i++)
+		spc_send(&c, REQ, T_SYSCALL, SPT_WAITEXIT, NULL, 0);
+	int refused = 0, other = 0;
+	while (refused + other < FLOOD - JOBS) {
+		struct spc_header h;
+		unsigned char body[64];
+		size_t blen;
+		if (spc_read_frame(&c, &h, body, sizeof(body), &blen) != 1)
+			break;
+		if (h.cls == ERR && h.arg == 1)
+			refused++;
+		else
+			other++;
+	}
+	CHECK(refused == FLOOD - JOBS && other == 0, "flood: %d refused with TRYAGAIN, %d other frames", refused, other);
+	spc_close(&c);
 }
 
 struct worker_arg { const char *url; int index, rounds, failures; };
