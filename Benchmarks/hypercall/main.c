@@ -13,7 +13,10 @@
 #include "rumpuser.h"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <sys/un.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,16 +49,236 @@ static void up_void(void) {}
 static void up_unschedule(int d, int *nlocks, void *il) { (void)d; (void)il; *nlocks = 0; releases++; }
 static void up_schedule(int n, void *il) { (void)n; (void)il; }
 static void up_switch(struct lwp *l) { (void)l; }
-static int up_rfork(void *p, int f, const char *c) { (void)p; (void)f; (void)c; return 78; }
+static void *sp_client;	/* the one proxy client's cookie */
+static int up_rfork(void *p, int f, const char *c) { (void)f; (void)c; sp_client = p; return 0; }
 static int up_newlwp(pid_t p) { (void)p; return 0; }
 static struct lwp *up_curlwp(void) { return rumpuser_curlwp(); }
-static int up_syscall(int n, void *a, long *r) { (void)n; (void)a; (void)r; return 78; }
+static int up_syscall(int n, void *a, long *r);
 static void up_exec(const char *c) { (void)c; }
 static pid_t up_getpid(void) { return 1; }
 static const struct rumpuser_hyperup upcalls = {
 	up_void, up_void, up_unschedule, up_schedule, up_switch, up_void,
 	up_rfork, up_newlwp, up_curlwp, up_syscall, up_void, up_exec, up_getpid, { 0 }
 };
+
+/* ---- syscall proxy round trip -------------------------------------------- */
+/*
+ * One system call from a client over a unix socket whose kernel side copies
+ * 64 bytes in from the client and back out: five frames (request, copyin
+ * request, its response, copyout, syscall response).  rumpuser: the
+ * rumpuser_sp server and its worker thread.  Baseline: a C thread serving
+ * the same five frames on a socketpair.
+ */
+struct frame { uint64_t len, reqno; uint16_t cls, type; uint32_t arg; };
+struct echo_args { const void *in; void *out; };
+enum { SP_REQ, SP_RESP, SP_ERR, SP_SYSCALL = 1, SP_COPYIN = 2, SP_COPYOUT = 4 };
+
+static int
+up_syscall(int n, void *a, long *r)
+{
+	struct echo_args *args = a;
+	char buffer[64];
+	int error;
+
+	if (n != 1 || a == NULL)
+		return 78;
+	error = rumpuser_sp_copyin(sp_client, args->in, buffer, sizeof(buffer));
+	if (error == 0)
+		error = rumpuser_sp_copyout(sp_client, buffer, args->out, sizeof(buffer));
+	r[0] = error == 0 ? (long)sizeof(buffer) : -1;
+	return error;
+}
+
+static int
+read_all(int fd, void *buffer, size_t len)
+{
+	for (size_t got = 0; got < len;) {
+		ssize_t n = read(fd, (char *)buffer + got, len - got);
+		if (n <= 0)
+			return -1;
+		got += (size_t)n;
+	}
+	return 0;
+}
+
+static void
+send_frame(int fd, uint64_t reqno, uint16_t cls, uint16_t type, uint32_t arg,
+    const void *a, size_t alen, const void *b, size_t blen)
+{
+	struct frame h = { sizeof(h) + alen + blen, reqno, cls, type, arg };
+	struct iovec iov[3] = { { &h, sizeof(h) }, { (void *)a, alen }, { (void *)b, blen } };
+	struct msghdr m = { .msg_iov = iov, .msg_iovlen = 3 };
+	if (sendmsg(fd, &m, MSG_NOSIGNAL) != (ssize_t)h.len)
+		abort();
+}
+
+/* The client side, the same for both: one syscall, serving the reverse requests. */
+static int proxy_fd, plain_fd;
+static char client_in[64] = "sixty-four bytes from the client for the kernel to copy in.....";
+static char client_out[64];
+
+static void
+client_syscall(int fd)
+{
+	static uint64_t reqno;
+	struct echo_args args = { client_in, client_out };
+	struct frame h;
+	unsigned char body[256];
+
+	send_frame(fd, ++reqno, SP_REQ, SP_SYSCALL, 1, &args, sizeof(args), NULL, 0);
+	for (;;) {
+		if (read_all(fd, &h, sizeof(h)) != 0 || h.len - sizeof(h) > sizeof(body) ||
+		    read_all(fd, body, h.len - sizeof(h)) != 0)
+			abort();
+		if (h.cls == SP_RESP)
+			return;
+		uint64_t len, addr;
+		memcpy(&len, body, 8);
+		memcpy(&addr, body + 8, 8);
+		if (h.type == SP_COPYIN)
+			send_frame(fd, h.reqno, SP_RESP, SP_COPYIN, 0, (void *)(uintptr_t)addr, len, NULL, 0);
+		else if (h.type == SP_COPYOUT)
+			memcpy((void *)(uintptr_t)addr, body + 16, len);
+	}
+}
+
+static void rump_sysproxy(long n) { for (long i = 0; i < n; i++) client_syscall(proxy_fd); }
+static void plain_sysproxy(long n) { for (long i = 0; i < n; i++) client_syscall(plain_fd); }
+
+/* The baseline server: one thread, the same frames, no rump kernel. */
+static void *
+plain_server(void *arg)
+{
+	int fd = (int)(intptr_t)arg;
+	struct frame h;
+	unsigned char body[256];
+	uint64_t next = 1;
+
+	for (;;) {
+		if (read_all(fd, &h, sizeof(h)) != 0 || read_all(fd, body, h.len - sizeof(h)) != 0)
+			return NULL;
+		struct echo_args args;
+		memcpy(&args, body, sizeof(args));
+		uint64_t copy[2] = { 64, (uint64_t)(uintptr_t)args.in };
+		uint64_t request = h.reqno;
+		send_frame(fd, next++, SP_REQ, SP_COPYIN, 0, copy, sizeof(copy), NULL, 0);
+		if (read_all(fd, &h, sizeof(h)) != 0 || read_all(fd, body, h.len - sizeof(h)) != 0)
+			return NULL;
+		copy[1] = (uint64_t)(uintptr_t)args.out;
+		send_frame(fd, next++, SP_REQ, SP_COPYOUT, 0, copy, sizeof(copy), body, 64);
+		long response[3] = { 0, 64, 0 };
+		send_frame(fd, request, SP_RESP, SP_SYSCALL, 0, response, sizeof(response), NULL, 0);
+	}
+}
+
+/*
+ * The same design in plain C (NetBSD's): a receiver thread reads every
+ * frame and hands the system call to a worker thread, which sends the
+ * copyin request and sleeps until the receiver passes it the response.
+ */
+static pthread_mutex_t d_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t d_cv = PTHREAD_COND_INITIALIZER;
+static int design_fd, d_have_call, d_have_data;
+static struct echo_args d_args;
+static uint64_t d_request;
+static unsigned char d_data[64];
+
+static void *
+design_receiver(void *arg)
+{
+	struct frame h;
+	unsigned char body[256];
+
+	(void)arg;
+	for (;;) {
+		struct pollfd pfd = { .fd = design_fd, .events = POLLIN };
+		if (poll(&pfd, 1, -1) != 1)
+			return NULL;
+		if (read_all(design_fd, &h, sizeof(h)) != 0 || read_all(design_fd, body, h.len - sizeof(h)) != 0)
+			return NULL;
+		pthread_mutex_lock(&d_lock);
+		if (h.cls == SP_REQ) {
+			memcpy(&d_args, body, sizeof(d_args));
+			d_request = h.reqno;
+			d_have_call = 1;
+		} else {
+			memcpy(d_data, body, sizeof(d_data));
+			d_have_data = 1;
+		}
+		pthread_cond_broadcast(&d_cv);
+		pthread_mutex_unlock(&d_lock);
+	}
+}
+
+static void *
+design_worker(void *arg)
+{
+	uint64_t next = 1;
+
+	(void)arg;
+	for (;;) {
+		pthread_mutex_lock(&d_lock);
+		while (!d_have_call)
+			pthread_cond_wait(&d_cv, &d_lock);
+		d_have_call = 0;
+		struct echo_args args = d_args;
+		uint64_t request = d_request;
+		pthread_mutex_unlock(&d_lock);
+		uint64_t copy[2] = { 64, (uint64_t)(uintptr_t)args.in };
+		send_frame(design_fd, next++, SP_REQ, SP_COPYIN, 0, copy, sizeof(copy), NULL, 0);
+		pthread_mutex_lock(&d_lock);
+		while (!d_have_data)
+			pthread_cond_wait(&d_cv, &d_lock);
+		d_have_data = 0;
+		unsigned char data[64];
+		memcpy(data, d_data, sizeof(data));
+		pthread_mutex_unlock(&d_lock);
+		copy[1] = (uint64_t)(uintptr_t)args.out;
+		send_frame(design_fd, next++, SP_REQ, SP_COPYOUT, 0, copy, sizeof(copy), data, 64);
+		long response[3] = { 0, 64, 0 };
+		send_frame(design_fd, request, SP_RESP, SP_SYSCALL, 0, response, sizeof(response), NULL, 0);
+	}
+}
+
+static int design_client_fd;
+static void design_sysproxy(long n) { for (long i = 0; i < n; i++) client_syscall(design_client_fd); }
+
+static int
+sysproxy_setup(void)
+{
+	char url[128];
+	struct sockaddr_un sun = { .sun_family = AF_UNIX };
+	char banner[96], comm[] = "bench";
+	int pair[2];
+	pthread_t server;
+
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "/tmp/hypercall-bench-sp-%d", (int)getpid());
+	snprintf(url, sizeof(url), "unix://%s", sun.sun_path);
+	if (rumpuser_sp_init(url, "NetBSD", "10.0", "amd64") != 0)
+		return -1;
+	proxy_fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (connect(proxy_fd, (struct sockaddr *)&sun, sizeof(sun)) != 0)
+		return -1;
+	for (size_t i = 0; i < sizeof(banner); i++)
+		if (read_all(proxy_fd, &banner[i], 1) != 0 || banner[i] == '\n')
+			break;
+	send_frame(proxy_fd, 1, SP_REQ, 0 /* HANDSHAKE */, 0 /* GUEST */, comm, sizeof(comm), NULL, 0);
+	struct frame h;
+	int error = -1;
+	if (read_all(proxy_fd, &h, sizeof(h)) != 0 || read_all(proxy_fd, &error, sizeof(error)) != 0 || error != 0)
+		return -1;
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0)
+		return -1;
+	plain_fd = pair[0];
+	pthread_create(&server, NULL, plain_server, (void *)(intptr_t)pair[1]);
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, pair) != 0)
+		return -1;
+	design_client_fd = pair[0];
+	design_fd = pair[1];
+	pthread_create(&server, NULL, design_receiver, NULL);
+	pthread_create(&server, NULL, design_worker, NULL);
+	return 0;
+}
 
 /* ---- uncontended mutex ----------------------------------------------------- */
 
@@ -301,6 +524,15 @@ main(int argc, char **argv)
 	row("thread create + join", rump_create_join, pthread_create_join, 2000 * scale);
 	row("4 KiB bio round trip (page cache)", rump_bio, pthread_bio, 20000 * scale);
 	row("curlwp lookup", rump_curlwp, tls_curlwp, 20000000 * scale);
+	if (sysproxy_setup() == 0)
+	{
+		/* Against the same design in C, then against one C thread. */
+		row("sysproxy call, C same design", rump_sysproxy, design_sysproxy, 10000 * scale);
+		row("sysproxy call, C one thread", rump_sysproxy, plain_sysproxy, 10000 * scale);
+	}
+	else
+		printf("sysproxy: setup failed\n");
+	rumpuser_sp_fini(NULL);
 	printf("\nCPU releases during the run: %ld (contended paths only)\n", (long)releases);
 	return 0;
 }

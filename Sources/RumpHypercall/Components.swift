@@ -50,3 +50,17 @@ public func rumpuserComponentKthreadRelease() {
     crumpuser_hyp_release()
     crumpuser_hyp_unschedule()
 }
+
+/// Interrupt context for a host thread: a virtual CPU through hyp_schedule
+/// (a thread with no lwp gets a temporary one from the kernel).
+@_spi(RumpUserABI) @_cdecl("rumpuser_component_schedule_intr")
+public func rumpuserComponentScheduleIntr() {
+    crumpuser_hyp_schedule()
+}
+
+/// Ends interrupt context: hyp_unschedule gives the CPU back and drops a
+/// temporary lwp.
+@_spi(RumpUserABI) @_cdecl("rumpuser_component_unschedule_intr")
+public func rumpuserComponentUnscheduleIntr() {
+    crumpuser_hyp_unschedule()
+}

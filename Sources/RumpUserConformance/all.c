@@ -45,6 +45,7 @@ rumpconf_run_all(const char *directory, int verbose)
 	RUN("condvar", rumpconf_test_condvar());
 	RUN("dl_bootstrap", rumpconf_test_dl_bootstrap());
 	RUN("components", rumpconf_test_components());
+	RUN("component intr", rumpconf_test_component_intr());
 	RUN("console", rumpconf_test_console());
 	RUN("exit", rumpconf_test_exit());
 	RUN("daemonize", rumpconf_test_daemonize());

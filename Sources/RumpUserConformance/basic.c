@@ -1,6 +1,7 @@
 /*
  * basic.c: suites for initialization, memory, files, clocks, parameters,
- * errno, kill, entropy, console, exit, daemonization and the syscall proxy.
+ * errno, kill, entropy, console, exit and daemonization (the syscall proxy
+ * has its own file, sysproxy.c).
  */
 
 #include "conf.h"
@@ -463,18 +464,5 @@ rumpconf_test_daemonize(void)
 	CHECK(run_forked(daemon_child_not_begun, output, sizeof(output), &status) == 0, "fork");
 	CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0,
 	    "daemonize_done without begin → ENOENT");
-	return conf_end_suite();
-}
-
-int
-rumpconf_test_syscall_proxy(void)
-{
-	int rv;
-
-	conf_begin_suite();
-	conf_enter_kernel();
-	HYPERCALL(CONF_NEVER, rv = rumpuser_sp_init("unix:///tmp/rumpconf.sock", "NetBSD", "9.0", "amd64"));
-	CHECK_EQ(rv, 45, "sp_init reports EOPNOTSUPP (syscall proxy not implemented)");
-	conf_leave_kernel();
 	return conf_end_suite();
 }

@@ -19,6 +19,7 @@ struct lwp {
 	uint32_t magic;
 	int id;
 	int temporary;		/* made by hyp_schedule for a bare thread */
+	struct conf_proc *proc;	/* a syscall proxy client's process, or NULL */
 };
 #define CONF_LWP_MAGIC 0x4c575021u
 
@@ -85,5 +86,19 @@ struct lwp *conf_new_lwp(int temporary);
 void conf_free_lwp(struct lwp *l);
 
 extern _Atomic uint64_t conf_biodones;
+
+/*
+ * The harness kernel's processes for syscall proxy clients (spkernel.c):
+ * the upcalls the proxy server makes (rfork, newlwp with a pid, syscall,
+ * lwpexit, execnotify, getpid) and the bookkeeping of lwps in them.
+ */
+int conf_sp_rfork(void *client, int flags, const char *comm);
+int conf_sp_newlwp(pid_t pid);
+int conf_sp_syscall(int number, void *arguments, long *retval);
+void conf_sp_lwpexit(void);
+void conf_sp_execnotify(const char *comm);
+pid_t conf_sp_getpid(void);
+void conf_sp_lwp_freed(struct lwp *l);
+void conf_lwproc_switch(struct lwp *l);
 
 #endif

@@ -154,6 +154,8 @@ conf_new_lwp(int temporary)
 void
 conf_free_lwp(struct lwp *l)
 {
+	if (l->proc != NULL)
+		conf_sp_lwp_freed(l);
 	rumpuser_curlwpop(RUMPUSER_LWP_DESTROY, l);
 	l->magic = 0;
 	free(l);
@@ -317,34 +319,22 @@ hyp_lwproc_release(void)
 	}
 }
 
+void conf_lwproc_switch(struct lwp *l) { hyp_lwproc_switch(l); }
+
 static int
 hyp_lwproc_newlwp(pid_t pid)
 {
-	(void)pid;
 	CHECK(conf_self.cpu != -1, "lwproc_newlwp without a CPU");
+	if (pid != 0)
+		return conf_sp_newlwp(pid);
 	hyp_lwproc_switch(conf_new_lwp(0));
 	return 0;
 }
 
 static struct lwp *hyp_lwproc_curlwp(void) { return rumpuser_curlwp(); }
 
-static int
-hyp_unexpected_rfork(void *priv, int flags, const char *comm)
-{
-	(void)priv; (void)flags; (void)comm;
-	CHECK(0, "unexpected upcall hyp_lwproc_rfork");
-	return 78;
-}
-static int
-hyp_unexpected_syscall(int num, void *arg, long *retval)
-{
-	(void)num; (void)arg; (void)retval;
-	CHECK(0, "unexpected upcall hyp_syscall");
-	return 78;
-}
-static void hyp_unexpected_lwpexit(void) { CHECK(0, "unexpected upcall hyp_lwpexit"); }
-static void hyp_unexpected_execnotify(const char *c) { (void)c; CHECK(0, "unexpected upcall hyp_execnotify"); }
-static pid_t hyp_getpid(void) { return 1; }
+/* The syscall proxy's upcalls: processes of proxy clients (spkernel.c). */
+static pid_t hyp_getpid(void) { return conf_sp_getpid(); }
 
 static const struct rumpuser_hyperup harness_upcalls = {
 	.hyp_schedule = hyp_schedule,
@@ -353,12 +343,12 @@ static const struct rumpuser_hyperup harness_upcalls = {
 	.hyp_backend_schedule = hyp_backend_schedule,
 	.hyp_lwproc_switch = hyp_lwproc_switch,
 	.hyp_lwproc_release = hyp_lwproc_release,
-	.hyp_lwproc_rfork = hyp_unexpected_rfork,
+	.hyp_lwproc_rfork = conf_sp_rfork,
 	.hyp_lwproc_newlwp = hyp_lwproc_newlwp,
 	.hyp_lwproc_curlwp = hyp_lwproc_curlwp,
-	.hyp_syscall = hyp_unexpected_syscall,
-	.hyp_lwpexit = hyp_unexpected_lwpexit,
-	.hyp_execnotify = hyp_unexpected_execnotify,
+	.hyp_syscall = conf_sp_syscall,
+	.hyp_lwpexit = conf_sp_lwpexit,
+	.hyp_execnotify = conf_sp_execnotify,
 	.hyp_getpid = hyp_getpid,
 };
 

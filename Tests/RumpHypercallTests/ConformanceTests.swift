@@ -44,7 +44,6 @@ struct RumpuserConformanceTests {
     @Test func console() { expectSuite(rumpconf_test_console(), "console") }
     @Test func exitAndPanic() { expectSuite(rumpconf_test_exit(), "exit") }
     @Test func daemonize() { expectSuite(rumpconf_test_daemonize(), "daemonize") }
-    @Test func syscallProxyReportsMissing() { expectSuite(rumpconf_test_syscall_proxy(), "syscall proxy") }
 
     @Test("10 000 asynchronous bios, each completion checked")
     func blockIO() {

@@ -59,6 +59,19 @@ static inline void crumpuser_hyp_release(void) {
 	crumpuser_hyp.hyp_lwproc_release();
 }
 
+/* Upcalls used by the syscall proxy server (SyscallProxyServer.swift). */
+static inline int crumpuser_hyp_rfork(void *client, int flags, const char *comm) {
+	return crumpuser_hyp.hyp_lwproc_rfork(client, flags, comm);
+}
+static inline int crumpuser_hyp_syscall(int number, void *arguments, long *retval) {
+	return crumpuser_hyp.hyp_syscall(number, arguments, retval);
+}
+static inline void crumpuser_hyp_lwpexit(void) { crumpuser_hyp.hyp_lwpexit(); }
+static inline void crumpuser_hyp_execnotify(const char *comm) {
+	crumpuser_hyp.hyp_execnotify(comm);
+}
+static inline pid_t crumpuser_hyp_getpid(void) { return crumpuser_hyp.hyp_getpid(); }
+
 /* ---- curlwp: one thread-local load ------------------------------------- */
 
 extern __thread struct lwp *crumpuser_curlwp_slot

@@ -229,7 +229,8 @@ void rumpuser_dl_bootstrap(rump_modinit_fn, rump_symload_fn, rump_compload_fn,
 int rumpuser_daemonize_begin(void);
 int rumpuser_daemonize_done(int);
 
-/* ---- syscall proxy (see Docs/rumphypercall.md: not implemented) ---------- */
+/* ---- syscall proxy: remote clients over unix/tcp sockets (the server
+ * starts with sp_init; the copy calls come from a syscall it runs) --------- */
 
 int rumpuser_sp_init(const char *, const char *, const char *, const char *);
 int rumpuser_sp_copyin(void *, const void *, void *, size_t);

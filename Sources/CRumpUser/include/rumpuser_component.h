@@ -27,6 +27,20 @@ struct lwp *rumpuser_component_curlwp(void);
 void rumpuser_component_switchlwp(struct lwp *);
 void rumpuser_component_kthread_release(void);
 
+/*
+ * For host code that delivers interrupts (a host thread that noticed a
+ * device event and must run the kernel's interrupt handler), with no CPU
+ * held on entry.  schedule_intr takes a virtual CPU through hyp_schedule:
+ * a thread without an lwp of its own runs on a temporary one the kernel
+ * binds to it; unschedule_intr gives the CPU back through hyp_unschedule,
+ * which also drops that temporary lwp (a thread with its own lwp, from
+ * rumpuser_component_kthread, keeps it).  Unlike component_schedule, no
+ * big-lock count is carried: interrupt context starts with none.  This
+ * pair is a swift-rumprun addition; NetBSD's header has no such call.
+ */
+void rumpuser_component_schedule_intr(void);
+void rumpuser_component_unschedule_intr(void);
+
 #ifdef __cplusplus
 }
 #endif

@@ -89,6 +89,13 @@ sanitized() { # thread|address
         TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1" \
         ASAN_OPTIONS="detect_leaks=0 halt_on_error=1" \
         run_harness "$kind" "$work/conformance-$kind"
+    if [ "$kind" = address ]; then
+        # The syscall proxy suites alone, with leak checking on: every
+        # client, frame and kernel process of the proxy must be freed.
+        echo "== address, syscall proxy with leak checking"
+        SWIFT_BACKTRACE=enable=no ASAN_OPTIONS="detect_leaks=1 halt_on_error=1" \
+            "$work/conformance-$kind" -sysproxy "$work/$kind"
+    fi
 }
 
 case $mode in

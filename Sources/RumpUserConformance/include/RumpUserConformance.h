@@ -71,7 +71,10 @@ int rumpconf_test_components(void);
 int rumpconf_test_console(void);
 int rumpconf_test_exit(void);
 int rumpconf_test_daemonize(void);
+/* The syscall proxy against test clients on unix and tcp sockets (starts
+ * and stops its own servers; leaves none running). */
 int rumpconf_test_syscall_proxy(void);
+int rumpconf_test_component_intr(void);
 
 /* Stress: exact counts after `threads` threads do `iterations` each. */
 int rumpconf_stress_mutex(int threads, int iterations);
