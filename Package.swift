@@ -142,6 +142,14 @@ if !guest {
     ]
 }
 
+// libFuzzer target for NetStack's packet input path: declared only with
+// NETSTACK_FUZZ=1 (Scripts/fuzz-netstack), because it links with
+// -sanitize=fuzzer and has no main of its own.
+if !guest && Context.environment["NETSTACK_FUZZ"] == "1" {
+    targets.append(.executableTarget(name: "NetStackFuzz", dependencies: ["NetStack", "DeviceInterfaces"], path: "Fuzz/NetStackFuzz"))
+    products.append(.executable(name: "NetStackFuzz", targets: ["NetStackFuzz"]))
+}
+
 let package = Package(
     name: "swift-rumprun",
     products: products,

@@ -1,75 +1,22 @@
-// httpd: an HTTP/1.1 server unikernel. The BareMetalKit virtio-net driver
-// feeds the NetStack TCP/IP stack in a single-threaded poll loop; the
-// address comes from the launcher (-W net0,inet,dhcp or static). Serves a
-// fixed page at /, the stack's counters at /stats, and ends the guest at
-// /quit. Run it with:
+// httpd: an HTTP/1.1 server unikernel. A BareMetalKit NIC driver (virtio-net
+// or e1000, whichever the launcher attached) feeds the NetStack TCP/IP stack
+// in a single-threaded poll loop; the address comes from the launcher
+// (-W net0,inet,dhcp or static). Serves a fixed page at /, the stack's
+// counters at /stats, and ends the guest at /quit. Run it with:
 //   rumprun-cli run qemu -i --machine pc \
 //     -I net0,virtio-net,user,hostfwd=tcp:127.0.0.1:8080-:80 -W net0,inet,dhcp httpd.img
+// (or -I net0,e1000,...). Bring-up is in GuestNetwork.swift and GuestNIC.swift.
 import BareMetalKit
 import DeviceInterfaces
 import NetStack
 import Rumprun
 
-typealias NIC = VirtioNetwork<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
-
-func fail(_ message: String) -> Never {
-    print("httpd: \(message)")
-    Rumprun.exit(1)
-}
-
-// Clock: the TSC, calibrated against the PIT (present on the pc machine).
-guard let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: 50) else { fail("cannot calibrate the TSC (no PIT)") }
-let bootTicks = PlatformCore.readTSC()
-func now() -> UInt64 { scale.nanoseconds(ticks: PlatformCore.readTSC() &- bootTicks) }
-
-// The first virtio-net device on the PCI bus.
-let access = PortConfigurationAccess(ports: PortRegisters(base: 0xCF8))
-var device: NIC? = nil
-for function in PCIEnumerator.enumerate(access) where VirtioPCI.deviceType(of: function) == VirtioPCI.networkType {
-    guard let transport = try? VirtioPCIModernTransport(function: function.address, access: access, mapper: IdentityMappedIO()) else { continue }
-    device = try? NIC(transport: transport, dma: HeapDMAMemory())
-    if device != nil { break }
-}
-guard let nic = device else { fail("no virtio-net device (run with --machine pc -I net0,virtio-net,...)") }
-
-// Addressing from the launcher's configuration (-W), DHCP by default.
-var specification = NetworkSpecification.dhcp
-if let interface = Rumprun.networkInterfaces.first {
-    switch interface.addressing {
-    case .none, .dhcp:
-        specification = .dhcp
-    case let .staticAddress(address, prefixLength, gateway):
-        let text = "inet,static,\(address)/\(prefixLength)" + (gateway.map { ",\($0)" } ?? "")
-        do {
-            specification = try NetworkSpecification(parsing: text)
-        } catch {
-            fail("bad address configuration \(text)")
-        }
-    }
-}
-
-var configuration = NetworkStackConfiguration()
-configuration.seed = PlatformCore.readTSC()
-let stack = NetworkStack<NIC>(configuration: configuration)
-let interface: Int
-switch specification {
-case .static(let address):
-    interface = stack.attach(nic, configuration: address)
-case .dhcp:
-    interface = stack.attach(nic)
-    do { try stack.startDHCP(interface: interface, hostName: Rumprun.hostname) } catch { fail("DHCP did not start") }
-    let deadline = now() + 30_000_000_000
-    while stack.dhcpLease(interface: interface) == nil {
-        stack.poll(now: now())
-        if now() > deadline { fail("no DHCP lease within 30 s") }
-    }
-}
-if let lease = stack.dhcpLease(interface: interface) {
-    print("httpd: DHCP lease \(lease.configuration.address.description)/\(lease.configuration.prefixLength)")
-}
+guard let clock = GuestClock() else { fail("httpd", "cannot calibrate the TSC (no PIT; use --machine pc)") }
+func now() -> UInt64 { clock.now() }
+let (stack, interface) = startNetwork("httpd", clock: clock)
 
 let listener: SocketHandle
-do { listener = try stack.listen(port: 80, backlog: 32) } catch { fail("cannot listen on port 80") }
+do { listener = try stack.listen(port: 80, backlog: 32) } catch { fail("httpd", "cannot listen on port 80") }
 print("httpd: listening on port 80")
 
 let page = "<!DOCTYPE html>\n<html><body><h1>Hello from a swift-rumprun unikernel</h1></body></html>\n"
@@ -93,7 +40,26 @@ struct Client {
     var input: [UInt8] = []
     var output: [UInt8] = []
     var closeAfterWrite = false
+    /// Body bytes of a /bytes/N response not yet queued in `output`.
+    var bulkRemaining = 0
+    /// Body bytes of the current /bytes/N response queued so far.
+    var bulkQueued = 0
 }
+
+/// N from a "/bytes/N" path (a bulk body for throughput measurements).
+func bulkLength(_ path: ArraySlice<UInt8>) -> Int? {
+    let prefix = Array("/bytes/".utf8)
+    guard path.count > prefix.count, path.count <= prefix.count + 12, path.starts(with: prefix) else { return nil }
+    var value = 0
+    for digit in path.dropFirst(prefix.count) {
+        guard digit >= 48 && digit <= 57 else { return nil }
+        value = value * 10 + Int(digit - 48)
+    }
+    return value
+}
+
+/// The repeating body of /bytes/N: byte i is i mod 251.
+let bulkPattern: [UInt8] = (0..<(251 * 64)).map { UInt8($0 % 251) }
 
 /// The end of the first request header block in `bytes`, if complete.
 func headerEnd(_ bytes: [UInt8]) -> Int? {
@@ -127,10 +93,11 @@ while true {
         var client = clients[index]
         var finished = false
         if let bytes = try? stack.read(client.handle, maximumCount: 4096) {
-            if bytes.isEmpty { finished = client.output.isEmpty } else { client.input += bytes }
+            if bytes.isEmpty { finished = client.output.isEmpty && client.bulkRemaining == 0 } else { client.input += bytes }
         }
-        // Answer every complete request (keep-alive: several per connection).
-        while let end = headerEnd(client.input) {
+        // Answer every complete request (keep-alive: several per connection),
+        // in order: a pipelined request waits until a bulk body is queued.
+        while client.bulkRemaining == 0, let end = headerEnd(client.input) {
             let request = Array(client.input[0..<end])
             client.input.removeFirst(end)
             let line = request.prefix { $0 != 13 }
@@ -138,6 +105,14 @@ while true {
             let path = words.count > 1 ? String(decoding: words[1], as: UTF8.self) : ""
             let keepAlive = !contains(lowercased(request), Array("connection: close".utf8))
             requestsServed += 1
+            if words.count > 1, let length = bulkLength(words[1]) {
+                let head = "HTTP/1.1 200 OK\r\nServer: swift-rumprun-httpd\r\nContent-Type: application/octet-stream\r\nContent-Length: \(length)\r\nConnection: \(keepAlive ? "keep-alive" : "close")\r\n\r\n"
+                client.output += Array(head.utf8)
+                client.bulkRemaining = length
+                client.bulkQueued = 0
+                if !keepAlive { client.closeAfterWrite = true }
+                continue
+            }
             switch path {
             case "/":
                 client.output += response(status: "200 OK", type: "text/html", body: page, keepAlive: keepAlive)
@@ -152,10 +127,20 @@ while true {
             }
             if !keepAlive || path == "/quit" { client.closeAfterWrite = true }
         }
-        if !client.output.isEmpty, let written = try? stack.write(client.handle, client.output) {
-            client.output.removeFirst(written)
+        // Send what is queued; refill from a bulk body while the socket
+        // takes everything (at most one pattern block is queued at a time).
+        while true {
+            if !client.output.isEmpty, let written = try? stack.write(client.handle, client.output) {
+                client.output.removeFirst(written)
+            }
+            guard client.output.isEmpty, client.bulkRemaining > 0 else { break }
+            let start = client.bulkQueued % 251
+            let count = min(client.bulkRemaining, bulkPattern.count - start)
+            client.output += bulkPattern[start..<(start + count)]
+            client.bulkRemaining -= count
+            client.bulkQueued += count
         }
-        if client.output.isEmpty && client.closeAfterWrite { finished = true }
+        if client.output.isEmpty && client.closeAfterWrite && client.bulkRemaining == 0 { finished = true }
         if stack.readiness(client.handle).contains(.error) { finished = true }
         if finished {
             if client.closeAfterWrite { try? stack.shutdown(client.handle) }
@@ -171,6 +156,7 @@ while true {
         let drain = now() + 200_000_000
         while now() < drain { stack.poll(now: now()) }
         print("httpd: served \(requestsServed) requests, exiting")
+        stack.device(interface).shutdown()
         Rumprun.exit(0)
     }
 }

@@ -211,53 +211,7 @@ enum Integration {
     }
 }
 
-/// The httpd example: the virtio-net driver and NetStack in a guest, with
-/// curl and Linux's stack (through QEMU's user network) as the peer.
-@Suite(.serialized) struct HTTPServerTests {
-    @Test(arguments: ["static,10.0.2.15/24,10.0.2.2", "dhcp"])
-    func curlGetsPagesFromTheUnikernel(addressing: String) throws {
-        let image = try Integration.httpd.get()
-        let port = 20000 + Int(getpid() % 10000) + (addressing == "dhcp" ? 1 : 0)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: try Integration.tool("rumprun-cli"))
-        process.arguments = [
-            "run", "qemu", "-i", "--timeout", "300", "--machine", "pc",
-            "-I", "net0,virtio-net,user,hostfwd=tcp:127.0.0.1:\(port)-:80", "-W", "net0,inet,\(addressing)", image,
-        ]
-        let out = Pipe()
-        process.standardOutput = out
-        process.standardError = FileHandle.nullDevice
-        process.standardInput = FileHandle.nullDevice
-        try process.run()
-        let box = DataBox()
-        let reader = Thread { box.data = out.fileHandleForReading.readDataToEndOfFile(); box.done.signal() }
-        reader.start()
-        defer { if process.isRunning { process.terminate() } }
-
-        let base = "http://127.0.0.1:\(port)"
-        var page: String? = nil
-        let deadline = Date().addingTimeInterval(120)
-        while page == nil && Date() < deadline && process.isRunning {
-            page = Integration.curl([base + "/"])
-            if page == nil { usleep(200_000) }
-        }
-        #expect(page == "<!DOCTYPE html>\n<html><body><h1>Hello from a swift-rumprun unikernel</h1></body></html>\n")
-        // Two requests on one keep-alive connection, then a 404.
-        let both = Integration.curl([base + "/", base + "/stats"]) ?? ""
-        #expect(both.hasPrefix("<!DOCTYPE html>"))
-        #expect(both.contains("requests 3\n"))
-        #expect(both.contains("checksum_errors 0\n"))
-        #expect(Integration.curl([base + "/missing"]) == nil)
-        #expect(Integration.curl([base + "/quit"]) == "bye\n")
-        box.done.wait()
-        process.waitUntilExit()
-        let console = String(decoding: box.data, as: UTF8.self).replacingOccurrences(of: "\r", with: "")
-        #expect(console.contains("httpd: listening on port 80\n"))
-        #expect(console.contains("httpd: served 5 requests, exiting\n"))
-        if addressing == "dhcp" { #expect(console.contains("httpd: DHCP lease 10.0.2.15/24\n")) }
-        #expect(process.terminationStatus == 0)
-    }
-}
+// HTTPServerTests moved to NetworkTests.swift.
 
 @Suite struct BakeToolTests {
     @Test func secondBakeOfAnUnchangedApplicationRebuildsNothing() throws {

@@ -1,0 +1,111 @@
+// GuestNIC: one NetworkInterface over the BareMetalKit NIC drivers QEMU's pc
+// machine offers (virtio-net, e1000), chosen from the launcher's JSON
+// configuration (-I tag,driver,...) or, without one, from what PCI finds.
+// Shared by Examples/httpd, Examples/udp-echo and Tests/Guests/frames
+// (the latter two hold a symbolic link to this file).
+import BareMetalKit
+import DeviceInterfaces
+import Rumprun
+
+typealias VirtioNIC = VirtioNetwork<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
+typealias IntelNIC = E1000<MMIORegisters, HeapDMAMemory>
+
+/// A polled NIC: whichever driver the machine needs, behind one type
+/// (Embedded Swift has no existentials, and NetworkStack takes one type).
+enum GuestNIC: NetworkInterface {
+    case virtio(VirtioNIC)
+    case e1000(IntelNIC)
+
+    /// "virtio-net" or "e1000", as rumprun-cli names the drivers.
+    var driverName: StaticString {
+        switch self {
+        case .virtio: return "virtio-net"
+        case .e1000: return "e1000"
+        }
+    }
+
+    var macAddress: MACAddress {
+        switch self {
+        case .virtio(let nic): return nic.macAddress
+        case .e1000(let nic): return nic.macAddress
+        }
+    }
+
+    var mtu: Int {
+        switch self {
+        case .virtio(let nic): return nic.mtu
+        case .e1000(let nic): return nic.mtu
+        }
+    }
+
+    var isLinkUp: Bool {
+        switch self {
+        case .virtio(let nic): return nic.isLinkUp
+        case .e1000(let nic): return nic.isLinkUp
+        }
+    }
+
+    var statistics: NetworkInterfaceStatistics {
+        switch self {
+        case .virtio(let nic): return nic.statistics
+        case .e1000(let nic): return nic.statistics
+        }
+    }
+
+    mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
+        switch self {
+        case .virtio(var nic):
+            defer { self = .virtio(nic) }
+            try nic.send(frame: frame)
+        case .e1000(var nic):
+            defer { self = .e1000(nic) }
+            try nic.send(frame: frame)
+        }
+    }
+
+    mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
+        switch self {
+        case .virtio(var nic):
+            defer { self = .virtio(nic) }
+            return try nic.receive(limit: limit, body)
+        case .e1000(var nic):
+            defer { self = .e1000(nic) }
+            return try nic.receive(limit: limit, body)
+        }
+    }
+
+    /// Stops the device's DMA (before the guest exits or drops the driver).
+    func shutdown() {
+        switch self {
+        case .virtio(let nic): try? nic.shutdown()
+        case .e1000(let nic): nic.shutdown()
+        }
+    }
+
+    /// Starts the driver for the first NIC on the PCI bus whose driver
+    /// matches `driver` ("virtio-net", "e1000"), or the first supported NIC
+    /// when `driver` is nil. Nil when there is none or it fails to start.
+    static func probe(driver: String?) -> GuestNIC? {
+        let wantVirtio = driver.map { $0.utf8.elementsEqual("virtio-net".utf8) } ?? true
+        let wantE1000 = driver.map { $0.utf8.elementsEqual("e1000".utf8) } ?? true
+        let access = PortConfigurationAccess(ports: PortRegisters(base: 0xCF8))
+        for function in PCIEnumerator.enumerate(access) {
+            if wantE1000 && function.vendorID == IntelNIC.vendorID && function.deviceID == IntelNIC.deviceID {
+                if let nic = try? IntelNIC(function: function.address, access: access, mapper: IdentityMappedIO(), dma: HeapDMAMemory()) {
+                    return .e1000(nic)
+                }
+            } else if wantVirtio && VirtioPCI.deviceType(of: function) == VirtioPCI.networkType {
+                guard let transport = try? VirtioPCIModernTransport(function: function.address, access: access, mapper: IdentityMappedIO())
+                else { continue }
+                if let nic = try? VirtioNIC(transport: transport, dma: HeapDMAMemory()) { return .virtio(nic) }
+            }
+        }
+        return nil
+    }
+
+    /// The NIC named by the launcher's first interface (-I), else the
+    /// first one PCI finds.
+    static func probeConfigured() -> GuestNIC? {
+        probe(driver: Rumprun.networkInterfaces.first?.driver)
+    }
+}

@@ -1,0 +1,1 @@
+../httpd/GuestNetwork.swift

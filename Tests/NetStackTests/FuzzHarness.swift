@@ -1,0 +1,1 @@
+../../Fuzz/NetStackFuzz/FuzzHarness.swift
