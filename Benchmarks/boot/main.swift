@@ -65,7 +65,7 @@ func timeRun(cli: String, image: String, options: Options) -> Double {
     process.standardInput = FileHandle.nullDevice
     let start = DispatchTime.now().uptimeNanoseconds
     do { try process.run() } catch { fail("cannot start \(cli): \(error)") }
-    process.waitUntilExit()
+    process.waitForExit()
     let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
     if process.terminationStatus != 0 { fail("\(image) exited with \(process.terminationStatus)") }
     return seconds

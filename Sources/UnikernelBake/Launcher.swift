@@ -318,7 +318,7 @@ public enum Launcher {
             tail.append(chunk)
             if tail.count > 16384 { tail = tail.suffix(8192) }
         }
-        process.waitUntilExit()
+        process.waitForExit()
         if timedOut.isSet, let timeout = options.timeout { return .timedOut(seconds: timeout) }
         let text = String(decoding: tail, as: UTF8.self).replacingOccurrences(of: "\r", with: "")
         if process.terminationReason == .uncaughtSignal { return .stoppedWithoutStatus(qemuStatus: 128 + process.terminationStatus) }

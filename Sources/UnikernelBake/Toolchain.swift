@@ -66,7 +66,7 @@ public struct Toolchain: Sendable {
             throw .toolNotFound(executable, hint: error.localizedDescription)
         }
         let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        process.waitForExit()
         let output = String(decoding: data, as: UTF8.self)
         let rendered = ([executable] + arguments).joined(separator: " ")
         if requireSuccess && (process.terminationReason != .exit || process.terminationStatus != 0) {
