@@ -1,6 +1,7 @@
 // Random: cryptographically secure random numbers for applications. In the
 // guest they come from the platform's ChaCha20 generator (seeded from
-// RDSEED/RDRAND, TSC jitter and virtio-rng); on a host from the kernel.
+// RDSEED/RDRAND, TSC jitter and virtio-rng); on a host from the kernel
+// (SystemRandomNumberGenerator, which uses getrandom).
 #if hasFeature(Embedded)
 import BareMetalKit
 #else
@@ -16,11 +17,8 @@ extension Rumprun {
         #if hasFeature(Embedded)
         Platform.randomBytes(buffer)
         #else
-        var offset = 0
-        while offset < buffer.count {
-            let got = getrandom(buffer.baseAddress! + offset, buffer.count - offset, 0)
-            if got > 0 { offset += got }
-        }
+        var generator = SystemRandomNumberGenerator()
+        for index in 0..<buffer.count { buffer[index] = generator.next() }
         #endif
     }
 

@@ -246,7 +246,7 @@ struct EntropyPoolTests {
         _ = output(pool, 16)
         #expect(pool.report.reseedCount == 1)
         let before = keyBytes(pool)
-        var device = [UInt8](repeating: 0xA5, count: 16)
+        let device = [UInt8](repeating: 0xA5, count: 16)
         device.withUnsafeBytes { pool.add(entropy: $0, creditBits: 128) }
         _ = output(pool, 16)
         #expect(pool.report.reseedCount == 1)  // 128 < 256 bits

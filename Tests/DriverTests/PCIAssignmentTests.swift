@@ -138,6 +138,11 @@ struct PCIAssignmentTests {
         #expect(throws: PCIAssignmentError.windowExhausted(function: PCIAddress(bus: 0, device: 2, function: 0), index: 0, size: 256 << 20, window: .memory32)) {
             try PCIResourceAssigner.assign(PCIEnumerator.enumerate(crowded), resources: noHigh, access: crowded)
         }
+        // Nothing was written: every BAR still reads unassigned.
+        for device: UInt8 in 0..<3 {
+            #expect(try PCIBAR.read(PCIAddress(bus: 0, device: device, function: 0), index: 0, access: crowded)?.address == 0)
+            #expect(crowded.read16(PCIAddress(bus: 0, device: device, function: 0), offset: PCIHeader.command) == 0)
+        }
         // With the 64-bit window the third goes above 4 GiB.
         let placed = try PCIResourceAssigner.assign(PCIEnumerator.enumerate(crowded), resources: microvm, access: crowded)
         #expect(placed.map(\.window) == [.memory32, .memory32, .memory64])

@@ -132,7 +132,8 @@ public enum PCIResourceAssigner {
     /// 64-bit window; I/O BARs in the I/O window, or left unassigned (I/O
     /// decoding stays off) when the bridge has none. Then enables memory
     /// decoding (I/O decoding when an I/O BAR was placed) and bus
-    /// mastering on every function with a BAR. Functions behind
+    /// mastering on every function with a BAR. When a window is exhausted
+    /// nothing has been written yet. Functions behind
     /// PCI-to-PCI bridges are not handled (microvm has none).
     public static func assign<Access: PCIConfigurationAccess>(
         _ functions: [PCIFunctionInfo], resources: PCIHostBridgeResources, access: Access
@@ -172,6 +173,9 @@ public enum PCIResourceAssigner {
         // Largest first: naturally aligned blocks then pack without holes.
         requests.sort { $0.bar.size > $1.bar.size || ($0.bar.size == $1.bar.size && ($0.function, $0.index) < ($1.function, $1.index)) }
 
+        // Everything is placed before anything is written: a failure leaves
+        // the configuration space as it was.
+        var planned: [PCIBARAssignment] = []
         for request in requests {
             switch request.bar {
             case .io(_, let size):
@@ -180,8 +184,7 @@ public enum PCIResourceAssigner {
                     throw .windowExhausted(function: request.function, index: request.index, size: UInt64(size), window: .io)
                 }
                 let placed = PCIBAR.io(port: UInt32(port), size: size)
-                writeBAR(placed, function: request.function, index: request.index, access: access)
-                assignments.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: .io))
+                planned.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: .io))
             case .memory(_, let size, let is64Bit, let prefetchable):
                 let alignment = max(size, minimumMemoryAlignment)
                 var address: UInt64? = nil
@@ -196,10 +199,14 @@ public enum PCIResourceAssigner {
                     throw .windowExhausted(function: request.function, index: request.index, size: size, window: window)
                 }
                 let placed = PCIBAR.memory(address: address, size: size, is64Bit: is64Bit, isPrefetchable: prefetchable)
-                writeBAR(placed, function: request.function, index: request.index, access: access)
-                assignments.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: window))
+                planned.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: window))
             }
         }
+
+        for assignment in planned {
+            writeBAR(assignment.bar, function: assignment.function, index: assignment.index, access: access)
+        }
+        assignments += planned
 
         // Decoding and bus mastering for every function with a usable BAR.
         var enabled: [PCIAddress] = []
