@@ -201,7 +201,7 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     seedRandom()
     // The stack protector guard from the CSPRNG; this frame never returns,
     // so no check compares against the boot value after the change.
-    __stack_chk_guard = freshStackGuard()
+    bmk_set_stack_guard(freshStackGuard())
 
     do {
         let info = try parser.parse()

@@ -70,6 +70,14 @@ public struct PCIBARAssignment: Equatable, Sendable {
     public var byFirmware: Bool
     /// The window it was placed in (nil for firmware-assigned BARs).
     public var window: PCIWindowKind?
+
+    public init(function: PCIAddress, index: Int, bar: PCIBAR, byFirmware: Bool, window: PCIWindowKind?) {
+        self.function = function
+        self.index = index
+        self.bar = bar
+        self.byFirmware = byFirmware
+        self.window = window
+    }
 }
 
 /// Why BAR assignment failed.

@@ -59,10 +59,10 @@ extension Platform {
 
     /// The stack protector guard's boot value (entry.S: TSC, RDRAND when
     /// present), kept to show it was replaced.
-    nonisolated(unsafe) public private(set) static var bootStackGuard: UInt64 = 0
+    nonisolated(unsafe) public internal(set) static var bootStackGuard: UInt64 = 0
 
     /// The stack protector guard now.
-    public static var stackGuard: UInt64 { UInt64(__stack_chk_guard) }
+    public static var stackGuard: UInt64 { UInt64(bmk_stack_guard()) }
 
     /// Reads 64 bytes from a virtio-rng device into the pool, crediting
     /// them fully (the device is the host's /dev/urandom under QEMU).
@@ -89,7 +89,7 @@ func seedRandom() {
 /// A fresh guard for the stack protector from the generator, low byte zero
 /// (a string overflow cannot reproduce a guard that contains a NUL).
 func freshStackGuard() -> UInt {
-    Platform.bootStackGuard = UInt64(__stack_chk_guard)
+    Platform.bootStackGuard = UInt64(bmk_stack_guard())
     return UInt(truncatingIfNeeded: Platform.entropy.next()) & ~0xFF
 }
 

@@ -18,6 +18,10 @@ static inline int cpu_rdseed64(uint64_t *value) {
 #ifndef __linux__
 /// The stack protector's guard (libc.c); entry.S sets a first value.
 extern uintptr_t __stack_chk_guard;
+static inline uintptr_t bmk_stack_guard(void) { return __stack_chk_guard; }
+/// Only from a frame that never returns (bmk_boot_main): frames already
+/// on the stack would compare their canary against the new value.
+static inline void bmk_set_stack_guard(uintptr_t value) { __stack_chk_guard = value; }
 
 /// The guest's C heap (libc.c over BareMetalKit's size-class heap).
 int posix_memalign(void **result, size_t alignment, size_t size);

@@ -19,7 +19,7 @@ func hex(_ bytes: UnsafeRawBufferPointer) -> String {
 }
 
 let report = Rumprun.entropyReport
-print("random: rdseed \(report.seedWords) words, rdrand \(report.randomWords) words, jitter \(report.jitterSamples) samples with \(report.distinctJitterDeltas) distinct deltas, \(report.creditedBits) bits credited, \(report.reseedCount) reseeds")
+print("random: rdseed \(report.seedWords) words (\(report.seedFailures) failed attempts), rdrand \(report.randomWords) words (\(report.randomFailures) failed attempts), jitter \(report.jitterSamples) samples with \(report.distinctJitterDeltas) distinct deltas, \(report.creditedBits) bits credited, \(report.reseedCount) reseeds")
 
 let sample = UnsafeMutableRawBufferPointer.allocate(byteCount: 32, alignment: 8)
 Rumprun.randomBytes(sample)
