@@ -157,3 +157,104 @@ struct PCIAssignmentTests {
         #expect(windows.ecam?.endBus == 255)
     }
 }
+
+/// Bridges without firmware: bus numbers, then one memory window per bridge
+/// that holds everything below it.
+struct PCIBridgeAssignmentTests {
+    /// A type 1 function with the bus-number and window registers writable.
+    func bridge() -> PCIFunctionModel {
+        let model = PCIFunctionModel(vendor: 0x1B36, device: 0x000C, classCode: 0x06_04_00, headerType: 1)
+        for offset in [0x18, 0x19, 0x1A, 0x1C, 0x1D] { model.writable[offset] = 0xFF }
+        for offset in [0x20, 0x22, 0x24, 0x26] {
+            model.writable[offset] = 0xF0
+            model.writable[offset + 1] = 0xFF
+        }
+        for offset in 0x28..<0x34 { model.writable[offset] = 0xFF }
+        return model
+    }
+
+    func read16(_ space: PCIConfigurationModel, _ address: PCIAddress, _ offset: Int) -> UInt64 {
+        UInt64(space.read16(address, offset: offset))
+    }
+
+    /// Bus 0: host bridge, an endpoint, root port A (bus 1: a disk and a
+    /// nested bridge to bus 2 with a NIC), root port B (bus 3: empty).
+    @Test func bridgesAreNumberedAndGetWindowsCoveringTheirDevices() throws {
+        let space = PCIConfigurationModel()
+        space.add(0, 0, 0, PCIFunctionModel(vendor: 0x1B36, device: 0x0008, classCode: 0x06_00_00))
+        let top = PCIFunctionModel(vendor: 0x1AF4, device: 0x1005, classCode: 0xFF_00_00)
+        top.setBAR(4, .memory64, size: 16384, address: 0, prefetchable: true)
+        space.add(0, 1, 0, top)
+        space.add(0, 2, 0, bridge())
+        space.add(0, 3, 0, bridge())
+        let disk = PCIFunctionModel(vendor: 0x1AF4, device: 0x1042, classCode: 0x01_00_00)
+        disk.setBAR(1, .memory32, size: 4096, address: 0)
+        disk.setBAR(4, .memory64, size: 4 << 20, address: 0, prefetchable: true)
+        disk.setBAR(0, .io32, size: 64, address: 0)
+        space.add(1, 0, 0, disk)
+        space.add(1, 1, 0, bridge())
+        let nic = PCIFunctionModel(vendor: 0x1AF4, device: 0x1041, classCode: 0x02_00_00)
+        nic.setBAR(4, .memory64, size: 16384, address: 0, prefetchable: true)
+        space.add(2, 0, 0, nic)
+
+        // Before numbering the bridges are not followed.
+        #expect(PCIEnumerator.enumerate(space).count == 4)
+        #expect(PCIBusNumbering.assign(space) == 3)
+        let rootA = PCIAddress(bus: 0, device: 2, function: 0)
+        let nested = PCIAddress(bus: 1, device: 1, function: 0)
+        let rootB = PCIAddress(bus: 0, device: 3, function: 0)
+        #expect([space.read8(rootA, offset: 0x18), space.read8(rootA, offset: 0x19), space.read8(rootA, offset: 0x1A)] == [0, 1, 2])
+        #expect([space.read8(nested, offset: 0x18), space.read8(nested, offset: 0x19), space.read8(nested, offset: 0x1A)] == [1, 2, 2])
+        #expect([space.read8(rootB, offset: 0x18), space.read8(rootB, offset: 0x19), space.read8(rootB, offset: 0x1A)] == [0, 3, 3])
+        let functions = PCIEnumerator.enumerate(space)
+        #expect(functions.count == 7)
+
+        let resources = PCIHostBridgeResources.qemuMicrovm(physicalAddressBits: 40)
+        let assignments = try PCIResourceAssigner.assign(functions, resources: resources, access: space)
+        func window(_ bridge: PCIAddress) -> (UInt64, UInt64) {
+            (read16(space, bridge, 0x20) << 16, (read16(space, bridge, 0x22) << 16) | 0xF_FFFF)
+        }
+        let (aBase, aLimit) = window(rootA)
+        let (nBase, nLimit) = window(nested)
+        #expect(aBase >= 0xC000_0000 && aLimit < 0xE000_0000 && aBase < aLimit)
+        #expect(nBase >= aBase && nLimit <= aLimit && nBase < nLimit)
+        for assignment in assignments where !assignment.bar.isIO {
+            let range = (assignment.bar.address, assignment.bar.address + assignment.bar.size - 1)
+            switch assignment.function.bus {
+            case 2: #expect(range.0 >= nBase && range.1 <= nLimit)
+            case 1: #expect(range.0 >= aBase && range.1 <= aLimit && (range.1 < nBase || range.0 > nLimit))
+            default: #expect(range.1 < aBase || range.0 > aLimit)
+            }
+            #expect(assignment.bar.address % assignment.bar.size == 0)
+        }
+        // The 4 MiB BAR fixes the window's alignment.
+        #expect(aBase % (4 << 20) == 0)
+        // Below a bridge I/O stays unassigned; the disk's memory BARs are placed.
+        #expect(assignments.filter { $0.function.bus == 1 }.count == 2)
+        // The empty root port's memory window is closed (base above limit);
+        // prefetchable and I/O windows are closed everywhere.
+        #expect(read16(space, rootB, 0x20) > read16(space, rootB, 0x22))
+        for bridge in [rootA, nested, rootB] {
+            #expect(read16(space, bridge, 0x24) > read16(space, bridge, 0x26))
+            #expect(space.read8(bridge, offset: 0x1C) > space.read8(bridge, offset: 0x1D))
+        }
+        for bridge in [rootA, nested] {
+            let command = space.read16(bridge, offset: PCIHeader.command)
+            #expect(command & PCIHeader.commandMemorySpace != 0 && command & PCIHeader.commandBusMaster != 0)
+        }
+        #expect(space.read16(rootB, offset: PCIHeader.command) & PCIHeader.commandBusMaster == 0)
+    }
+
+    @Test func aBridgeWindowThatDoesNotFitIsAnError() throws {
+        let space = PCIConfigurationModel()
+        space.add(0, 2, 0, bridge())
+        let big = PCIFunctionModel(vendor: 0x1234, device: 0x5555, classCode: 0x03_00_00)
+        big.setBAR(0, .memory64, size: 1 << 30, address: 0, prefetchable: true)
+        space.add(1, 0, 0, big)
+        PCIBusNumbering.assign(space)
+        #expect(throws: PCIAssignmentError.windowExhausted(function: PCIAddress(bus: 0, device: 2, function: 0), index: -1, size: 1 << 30, window: .memory32)) {
+            try PCIResourceAssigner.assign(PCIEnumerator.enumerate(space), resources: .qemuMicrovm(physicalAddressBits: 40), access: space)
+        }
+        #expect(space.read16(PCIAddress(bus: 0, device: 2, function: 0), offset: 0x20) == 0)
+    }
+}

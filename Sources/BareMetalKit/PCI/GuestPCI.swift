@@ -1,7 +1,8 @@
 // GuestPCI: the guest's PCI bring-up: find the configuration mechanism
 // (0xCF8/0xCFC, else ECAM from ACPI MCFG, else QEMU microvm's GPEX ECAM,
 // recognised by its host bridge's IDs), enumerate, and on a machine
-// without firmware (microvm,pcie=on) assign the BARs.
+// without firmware (microvm,pcie=on) number the bridges' buses and assign
+// the BARs and bridge windows.
 #if hasFeature(Embedded)
 import CPUPrimitives
 
@@ -118,6 +119,8 @@ public enum PlatformPCI {
             }
         }
         accessStorage = access
+        // Without firmware nobody numbered the buses behind bridges.
+        if resources != nil { PCIBusNumbering.assign(access) }
         functionStorage = PCIEnumerator.enumerate(access)
         if let resources {
             do throws(PCIAssignmentError) {

@@ -84,8 +84,8 @@ public struct PCIBARAssignment: Equatable, Sendable {
 public enum PCIAssignmentError: Error, Equatable, Sendable {
     /// Reading or sizing a BAR failed.
     case pci(PCIError)
-    /// No window has room for this BAR (`free` is the largest aligned
-    /// block left in the last window tried).
+    /// No window has room for this BAR (`index` -1: for the memory window
+    /// of the bridge at `function`).
     case windowExhausted(function: PCIAddress, index: Int, size: UInt64, window: PCIWindowKind)
     /// A BAR larger than any window could hold (or a size that is not a
     /// power of two, which no conforming device reports).
@@ -127,22 +127,78 @@ struct PCIWindowAllocator {
     }
 }
 
+/// Bus numbers for PCI-to-PCI bridges that no firmware numbered
+/// (PCI-to-PCI Bridge 1.2 §3.2.5.2–5: primary, secondary and subordinate
+/// bus number registers).
+public enum PCIBusNumbering {
+    /// 0x18 Primary Bus Number, 0x19 Secondary, 0x1A Subordinate (type 1).
+    static var primaryBus: Int { 0x18 }
+    static var subordinateBus: Int { 0x1A }
+
+    /// Numbers every unnumbered bridge depth-first from `rootBus`: each gets
+    /// the next free bus as its secondary bus, and as subordinate the last
+    /// bus found below it. Bridges firmware already numbered are left as
+    /// they are. Returns the highest bus number in use.
+    @discardableResult
+    public static func assign<Access: PCIConfigurationAccess>(_ access: Access, rootBus: UInt8 = 0) -> UInt8 {
+        var next = rootBus
+        number(bus: rootBus, next: &next, access: access, depth: 0)
+        return next
+    }
+
+    static func number<Access: PCIConfigurationAccess>(bus: UInt8, next: inout UInt8, access: Access, depth: Int) {
+        guard depth < 32 else { return }
+        for function in PCIEnumerator.scan(bus: bus, access: access) where function.isBridge {
+            let existing = function.secondaryBus ?? 0
+            if existing != 0 {
+                if existing > next { next = access.read8(function.address, offset: subordinateBus) }
+                continue
+            }
+            guard next < 255 else { return }
+            next += 1
+            let secondary = next
+            access.write8(function.address, offset: primaryBus, bus)
+            access.write8(function.address, offset: PCIHeader.secondaryBus, secondary)
+            // Open to the end while the buses below are scanned.
+            access.write8(function.address, offset: subordinateBus, 255)
+            number(bus: secondary, next: &next, access: access, depth: depth + 1)
+            access.write8(function.address, offset: subordinateBus, next)
+        }
+    }
+}
+
 public enum PCIResourceAssigner {
     /// Memory BARs get at least a page, so every device's registers can be
     /// mapped (and protected) on their own.
     public static var minimumMemoryAlignment: UInt64 { 4096 }
+    /// Bridge memory windows have 1 MiB granularity (base/limit bits 31:20).
+    public static var bridgeWindowGranularity: UInt64 { 1 << 20 }
+
+    /// A BAR to place, or a bridge's memory window (`index` -1).
+    struct Item {
+        var function: PCIAddress
+        var index: Int
+        var bar: PCIBAR?
+        var bridge: PCIFunctionInfo?
+        var size: UInt64
+        var alignment: UInt64
+    }
 
     /// Sizes every BAR of the type 0 functions in `functions`, keeps the
     /// ones firmware assigned (their ranges are reserved), and places the
-    /// rest, largest first, each naturally aligned: 32-bit memory BARs in
-    /// the 32-bit window; 64-bit memory BARs there too while it has room
-    /// (the boot identity map reaches only the first 4 GiB), else in the
-    /// 64-bit window; I/O BARs in the I/O window, or left unassigned (I/O
-    /// decoding stays off) when the bridge has none. Then enables memory
-    /// decoding (I/O decoding when an I/O BAR was placed) and bus
-    /// mastering on every function with a BAR. When a window is exhausted
-    /// nothing has been written yet. Functions behind
-    /// PCI-to-PCI bridges are not handled (microvm has none).
+    /// rest, largest alignment first, each naturally aligned: 32-bit memory
+    /// BARs in the 32-bit window; 64-bit memory BARs there too while it has
+    /// room (the boot identity map reaches only the first 4 GiB), else in
+    /// the 64-bit window; I/O BARs in the I/O window, or left unassigned
+    /// (I/O decoding stays off) when the bridge has none. A PCI-to-PCI
+    /// bridge (numbered: see `PCIBusNumbering`) gets one non-prefetchable
+    /// memory window in the 32-bit window covering everything below it,
+    /// aligned to its largest member and to 1 MiB; its prefetchable and
+    /// I/O windows are closed, so I/O BARs below bridges stay unassigned.
+    /// Then memory decoding (I/O decoding when an I/O BAR was placed) and
+    /// bus mastering are enabled on every function with a BAR and on every
+    /// bridge with a window. When a window is exhausted nothing has been
+    /// written yet.
     public static func assign<Access: PCIConfigurationAccess>(
         _ functions: [PCIFunctionInfo], resources: PCIHostBridgeResources, access: Access
     ) throws(PCIAssignmentError) -> [PCIBARAssignment] {
@@ -150,8 +206,14 @@ public enum PCIResourceAssigner {
         var memory64 = resources.memory64.map { PCIWindowAllocator(window: $0) }
         var io = resources.io.map { PCIWindowAllocator(window: $0) }
 
+        // Which bus each bridge leads to.
+        var bridgeOf = [PCIFunctionInfo?](repeating: nil, count: 256)
+        for function in functions where function.isBridge {
+            if let secondary = function.secondaryBus, secondary != 0 { bridgeOf[Int(secondary)] = function }
+        }
+
         var assignments: [PCIBARAssignment] = []
-        var requests: [(function: PCIAddress, index: Int, bar: PCIBAR)] = []
+        var requests = [[Item]](repeating: [], count: 256)
         for function in functions where function.headerType == 0 {
             let bars: [PCIBAR?]
             do {
@@ -174,49 +236,99 @@ public enum PCIResourceAssigner {
                     guard bar.size != 0, bar.size & (bar.size - 1) == 0 else {
                         throw .impossibleSize(function: function.address, index: index, size: bar.size)
                     }
-                    requests.append((function.address, index, bar))
+                    let alignment = bar.isIO ? bar.size : max(bar.size, minimumMemoryAlignment)
+                    requests[Int(function.address.bus)].append(
+                        Item(function: function.address, index: index, bar: bar, bridge: nil, size: bar.size, alignment: alignment))
                 }
             }
         }
-        // Largest first: naturally aligned blocks then pack without holes.
-        requests.sort { $0.bar.size > $1.bar.size || ($0.bar.size == $1.bar.size && ($0.function, $0.index) < ($1.function, $1.index)) }
+
+        // Bridges as items of the bus they sit on, sized by what is below.
+        var visiting = [Bool](repeating: false, count: 256)
+        func addBridges(bus: Int) {
+            guard !visiting[bus] else { return }
+            visiting[bus] = true
+            for function in functions where function.isBridge && Int(function.address.bus) == bus {
+                guard let secondary = function.secondaryBus, secondary != 0, !visiting[Int(secondary)] else { continue }
+                addBridges(bus: Int(secondary))
+                var cursor: UInt64 = 0
+                var alignment = bridgeWindowGranularity
+                for item in sorted(requests[Int(secondary)]) where item.bar.map({ !$0.isIO }) ?? true {
+                    cursor = (cursor + item.alignment - 1) & ~(item.alignment - 1)
+                    cursor += item.size
+                    alignment = max(alignment, item.alignment)
+                }
+                let size = (cursor + bridgeWindowGranularity - 1) & ~(bridgeWindowGranularity - 1)
+                requests[bus].append(Item(function: function.address, index: -1, bar: nil, bridge: function, size: size, alignment: alignment))
+            }
+        }
+        for bus in 0..<256 where bridgeOf[bus] == nil && (!requests[bus].isEmpty || functions.contains { Int($0.address.bus) == bus }) {
+            addBridges(bus: bus)
+        }
 
         // Everything is placed before anything is written: a failure leaves
         // the configuration space as it was.
         var planned: [PCIBARAssignment] = []
-        for request in requests {
-            switch request.bar {
-            case .io(_, let size):
-                guard io != nil else { continue }
-                guard let port = io!.allocate(size: UInt64(size), alignment: UInt64(size)) else {
-                    throw .windowExhausted(function: request.function, index: request.index, size: UInt64(size), window: .io)
+        var windows: [(bridge: PCIAddress, window: PCIWindow?)] = []
+        func place(bus: Int, memory32: inout PCIWindowAllocator, memory64: inout PCIWindowAllocator?, io: inout PCIWindowAllocator?) throws(PCIAssignmentError) {
+            for item in sorted(requests[bus]) {
+                if let bridge = item.bridge {
+                    guard item.size > 0, let secondary = bridge.secondaryBus else {
+                        windows.append((item.function, nil))
+                        continue
+                    }
+                    guard let base = memory32.allocate(size: item.size, alignment: item.alignment) else {
+                        throw .windowExhausted(function: item.function, index: -1, size: item.size, window: .memory32)
+                    }
+                    let window = PCIWindow(base: base, size: item.size)
+                    windows.append((item.function, window))
+                    var inside = PCIWindowAllocator(window: window)
+                    var noHigh: PCIWindowAllocator? = nil
+                    var noIO: PCIWindowAllocator? = nil
+                    try place(bus: Int(secondary), memory32: &inside, memory64: &noHigh, io: &noIO)
+                    continue
                 }
-                let placed = PCIBAR.io(port: UInt32(port), size: size)
-                planned.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: .io))
-            case .memory(_, let size, let is64Bit, let prefetchable):
-                let alignment = max(size, minimumMemoryAlignment)
-                var address: UInt64? = nil
-                var window = PCIWindowKind.memory32
-                if let low = memory32.allocate(size: size, alignment: alignment) {
-                    address = low
-                } else if is64Bit, memory64 != nil {
-                    window = .memory64
-                    address = memory64!.allocate(size: size, alignment: alignment)
+                switch item.bar! {
+                case .io(_, let size):
+                    guard io != nil else { continue }
+                    guard let port = io!.allocate(size: UInt64(size), alignment: UInt64(size)) else {
+                        throw .windowExhausted(function: item.function, index: item.index, size: UInt64(size), window: .io)
+                    }
+                    planned.append(PCIBARAssignment(
+                        function: item.function, index: item.index, bar: .io(port: UInt32(port), size: size), byFirmware: false, window: .io))
+                case .memory(_, let size, let is64Bit, let prefetchable):
+                    var address: UInt64? = nil
+                    var window = PCIWindowKind.memory32
+                    if let low = memory32.allocate(size: size, alignment: item.alignment) {
+                        address = low
+                    } else if is64Bit, memory64 != nil {
+                        window = .memory64
+                        address = memory64!.allocate(size: size, alignment: item.alignment)
+                    }
+                    guard let address else {
+                        throw .windowExhausted(function: item.function, index: item.index, size: size, window: window)
+                    }
+                    planned.append(PCIBARAssignment(
+                        function: item.function, index: item.index,
+                        bar: .memory(address: address, size: size, is64Bit: is64Bit, isPrefetchable: prefetchable),
+                        byFirmware: false, window: window))
                 }
-                guard let address else {
-                    throw .windowExhausted(function: request.function, index: request.index, size: size, window: window)
-                }
-                let placed = PCIBAR.memory(address: address, size: size, is64Bit: is64Bit, isPrefetchable: prefetchable)
-                planned.append(PCIBARAssignment(function: request.function, index: request.index, bar: placed, byFirmware: false, window: window))
             }
+        }
+        for bus in 0..<256 where bridgeOf[bus] == nil && !requests[bus].isEmpty {
+            try place(bus: bus, memory32: &memory32, memory64: &memory64, io: &io)
         }
 
         for assignment in planned {
             writeBAR(assignment.bar, function: assignment.function, index: assignment.index, access: access)
         }
+        for (bridge, window) in windows {
+            writeBridgeWindow(window, bridge: bridge, access: access)
+        }
         assignments += planned
 
-        // Decoding and bus mastering for every function with a usable BAR.
+        // Decoding and bus mastering for every function with a usable BAR,
+        // and for bridges with a window (they forward the devices' DMA).
         var enabled: [PCIAddress] = []
         for assignment in assignments where !enabled.contains(assignment.function) {
             enabled.append(assignment.function)
@@ -227,8 +339,44 @@ public enum PCIResourceAssigner {
             command |= PCIHeader.commandBusMaster
             access.write16(assignment.function, offset: PCIHeader.command, command)
         }
+        for (bridge, window) in windows where window != nil {
+            let command = access.read16(bridge, offset: PCIHeader.command)
+            access.write16(bridge, offset: PCIHeader.command, command | PCIHeader.commandMemorySpace | PCIHeader.commandBusMaster)
+        }
         assignments.sort { ($0.function, $0.index) < ($1.function, $1.index) }
         return assignments
+    }
+
+    /// Largest alignment first, then largest size, then address order.
+    static func sorted(_ items: [Item]) -> [Item] {
+        items.sorted {
+            if $0.alignment != $1.alignment { return $0.alignment > $1.alignment }
+            if $0.size != $1.size { return $0.size > $1.size }
+            return ($0.function, $0.index) < ($1.function, $1.index)
+        }
+    }
+
+    /// The bridge's window registers (PCI-to-PCI Bridge 1.2 §3.2.5.8–10):
+    /// 0x20/0x22 Memory Base/Limit (address bits 31:20 in bits 15:4), the
+    /// prefetchable window 0x24/0x26 (+ upper halves 0x28/0x2C) and the I/O
+    /// window 0x1C/0x1D (+ upper halves 0x30/0x32) closed (base above limit).
+    /// A nil window closes the memory window too.
+    static func writeBridgeWindow<Access: PCIConfigurationAccess>(_ window: PCIWindow?, bridge: PCIAddress, access: Access) {
+        if let window {
+            access.write16(bridge, offset: 0x20, UInt16(truncatingIfNeeded: window.base >> 16) & 0xFFF0)
+            access.write16(bridge, offset: 0x22, UInt16(truncatingIfNeeded: (window.end - 1) >> 16) & 0xFFF0)
+        } else {
+            access.write16(bridge, offset: 0x20, 0xFFF0)
+            access.write16(bridge, offset: 0x22, 0x0000)
+        }
+        access.write16(bridge, offset: 0x24, 0xFFF0)
+        access.write16(bridge, offset: 0x26, 0x0000)
+        access.write32(bridge, offset: 0x28, 0)
+        access.write32(bridge, offset: 0x2C, 0)
+        access.write8(bridge, offset: 0x1C, 0xF0)
+        access.write8(bridge, offset: 0x1D, 0x00)
+        access.write16(bridge, offset: 0x30, 0)
+        access.write16(bridge, offset: 0x32, 0)
     }
 
     /// Writes a BAR's address with I/O and memory decoding off, keeping the
