@@ -64,26 +64,38 @@ extension Integration {
     }
 
     /// microvm,pcie=on: no firmware assigns BARs; the guest finds the GPEX
-    /// ECAM, assigns them, and the drivers work as on pc.
+    /// ECAM, numbers the bus behind a PCIe root port, assigns the BARs and
+    /// the port's window, and the drivers work as on pc (one disk on bus 0,
+    /// one behind the root port).
     @Test func driversWorkOnMicrovmWithPCIe() throws {
         let image = try Integration.devices.get()
         let disk = Integration.imageDirectory + "/microvm-disk-\(UUID().uuidString).img"
+        let behindPort = Integration.imageDirectory + "/microvm-port-disk-\(UUID().uuidString).img"
         try Data(count: 1 << 20).write(to: URL(fileURLWithPath: disk))
-        defer { try? FileManager.default.removeItem(atPath: disk) }
+        try Data(count: 3 << 20).write(to: URL(fileURLWithPath: behindPort))
+        defer {
+            try? FileManager.default.removeItem(atPath: disk)
+            try? FileManager.default.removeItem(atPath: behindPort)
+        }
         let run = try Integration.run([
             "run", "qemu", "-i", "--timeout", "300", "--machine", "microvm",
-            "-I", "net0,virtio-net,user", "-b", disk, "-g", "-device virtio-rng-pci", image,
+            "-I", "net0,virtio-net,user", "-b", disk,
+            "-g", "-device virtio-rng-pci -device pcie-root-port,id=rp0,chassis=1 -drive file=\(behindPort),if=none,id=rpdisk,format=raw -device virtio-blk-pci,drive=rpdisk,bus=rp0",
+            image,
         ])
-        #expect(run.stdout.contains("pci: ecam 0xe0000000, "))
+        #expect(run.stdout.contains("pci: ecam 0xe0000000, 8 BARs assigned by the guest\n"))
         #expect(run.stdout.contains("virtio-net: mac 525400123456, ARP reply from 10.0.2.2: yes\n"))
         #expect(run.stdout.contains("virtio-blk: 2048 sectors, wrote, flushed and read back 66048 bytes: match\n"))
+        #expect(run.stdout.contains("virtio-blk: 6144 sectors, wrote, flushed and read back 66048 bytes: match\n"))
         #expect(run.stdout.contains("virtio-rng: 16 bytes\n"))
         #expect(run.stdout.contains("virtio-rng: fed 64 bytes to the entropy pool, reseeded: yes\n"))
-        #expect(run.stdout.contains("rumpcomp: "))
-        #expect(run.stdout.contains("irq_establish unsupported, 0 problems\n"))
+        #expect(run.stdout.contains("rumpcomp: 6 functions, config reads match, dmalloc aligned and contiguous, irq_establish unsupported, 0 problems\n"))
+        #expect(run.stdout.contains("devices: 0 failures\n"))
         #expect(run.status == 0, "stdout: \(run.stdout) stderr: \(run.stderr)")
-        let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: disk)))
-        #expect(bytes[(8 * 512)..<(8 * 512 + 66048)].enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: $0.offset &* 7 &+ 3) })
+        for path in [disk, behindPort] {
+            let bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: path)))
+            #expect(bytes[(8 * 512)..<(8 * 512 + 66048)].enumerated().allSatisfy { $0.element == UInt8(truncatingIfNeeded: $0.offset &* 7 &+ 3) }, "\(path)")
+        }
     }
 
     /// A disk with the legacy virtio transport (disable-modern=on) beside a
