@@ -49,6 +49,15 @@ extension Integration {
         #expect(samples[0] != samples[1])
     }
 
+    /// `--pcie` gives microvm a PCI bus for a device passed with `-g`.
+    @Test func virtioRNGFeedsThePoolOnMicrovm() throws {
+        let image = try Integration.random.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "300", "--pcie", "-g", "-device virtio-rng-pci", image])
+        #expect(run.stdout.contains("random: virtio-rng fed 64 bytes, reseeded: yes\n"))
+        #expect(run.stdout.contains("random: 0 failures\n"))
+        #expect(run.status == 0, "stdout: \(run.stdout) stderr: \(run.stderr)")
+    }
+
     /// `-cpu max` under TCG (QEMU 7.2) offers RDRAND but not RDSEED;
     /// virtio-rng feeds the pool.
     @Test func hardwareGeneratorsAndVirtioRNGFeedThePool() throws {
