@@ -137,3 +137,14 @@ extension Integration {
         }
     }
 }
+
+@Suite struct PCIeLaunchOptionTests {
+    @Test func pcieOptionAddsTheHostBridgeOnMicrovmOnly() {
+        var options = LaunchOptions(image: "/x.img")
+        #expect(Launcher.qemuArguments(options, kernel: "/x.img", console: "stdio").starts(with: ["-M", "microvm"]))
+        options.pcie = true
+        #expect(Launcher.qemuArguments(options, kernel: "/x.img", console: "stdio").starts(with: ["-M", "microvm,pcie=on"]))
+        options.machine = .pc
+        #expect(Launcher.qemuArguments(options, kernel: "/x.img", console: "stdio").starts(with: ["-M", "pc"]))
+    }
+}
