@@ -17,7 +17,6 @@ public enum Platform {
     static var deviceWindowStart: UInt64 { 0xC000_0000 }
     nonisolated(unsafe) static var bootInfo: BootInfo? = nil
     nonisolated(unsafe) static var configurationStorage: GuestConfiguration? = nil
-    nonisolated(unsafe) static var randomState: UInt64 = 0
 
     /// The launcher's configuration (empty before boot finished parsing it).
     public static var configuration: GuestConfiguration { configurationStorage ?? GuestConfiguration() }
@@ -217,6 +216,9 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Platform.heap = SizeClassHeap(pages: PhysicalPageSource(allocator: pages, mapping: IdentityFrameMapping()))
     Platform.pageTables = mapper
     seedRandom()
+    // The stack protector guard from the CSPRNG; this frame never returns,
+    // so no check compares against the boot value after the change.
+    bmk_set_stack_guard(freshStackGuard())
 
     do {
         let info = try parser.parse()
@@ -270,40 +272,5 @@ public func heapFree(_ pointer: UnsafeMutableRawPointer?) {
     }
 }
 
-/// Seeds the generator: RDRAND when CPUID says it exists, else TSC samples.
-/// Interim: the hw core work replaces the fallback with ChaCha20 plus jitter.
-func seedRandom() {
-    var registers: (UInt32, UInt32, UInt32, UInt32) = (0, 0, 0, 0)
-    withUnsafeMutableBytes(of: &registers) { cpu_cpuid(1, 0, $0.baseAddress!.assumingMemoryBound(to: UInt32.self)) }
-    var seed: UInt64 = 0x9E37_79B9_7F4A_7C15
-    if registers.2 & (1 << 30) != 0 {
-        var value: UInt64 = 0
-        for _ in 0..<10 where cpu_rdrand64(&value) != 0 {
-            seed ^= value
-            break
-        }
-    }
-    for _ in 0..<8 { seed = (seed ^ cpu_rdtsc()) &* 0xBF58_476D_1CE4_E5B9 }
-    Platform.randomState = seed
-}
-
-/// SplitMix64 step over the seeded state.
-func nextRandom() -> UInt64 {
-    Platform.randomState &+= 0x9E37_79B9_7F4A_7C15
-    var z = Platform.randomState ^ cpu_rdtsc()
-    z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-    z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-    return z ^ (z >> 31)
-}
-
-@_cdecl("arc4random_buf")
-public func arc4random_buf(_ buffer: UnsafeMutableRawPointer, _ count: Int) {
-    var offset = 0
-    while offset < count {
-        var value = nextRandom()
-        let chunk = min(8, count - offset)
-        withUnsafeBytes(of: &value) { (buffer + offset).copyMemory(from: $0.baseAddress!, byteCount: chunk) }
-        offset += chunk
-    }
-}
+// Randomness (seedRandom, arc4random_buf and the rest) is in Random/.
 #endif

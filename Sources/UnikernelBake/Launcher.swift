@@ -40,6 +40,9 @@ public struct LaunchOptions: Sendable {
     public var timeout: Double?
     public var networkInterfaces: [NetworkInterfaceOption] = []
     public var blockDevices: [BlockDeviceOption] = []
+    /// microvm: add the PCIe host bridge (`pcie=on`) even without `-I`/`-b`,
+    /// for PCI devices given as extra QEMU arguments.
+    public var pcie = false
 
     public init(image: String) { self.image = image }
 
@@ -242,7 +245,7 @@ public enum Launcher {
     public static func qemuArguments(_ options: LaunchOptions, kernel: String, console: String) -> [String] {
         let hasPCIDevices = !options.networkInterfaces.isEmpty || !options.blockDevices.isEmpty
         // microvm has no PCI bus unless asked for one; the drivers are PCI drivers.
-        var arguments = ["-M", options.machine == .microvm && hasPCIDevices ? "microvm,pcie=on" : options.machine.rawValue]
+        var arguments = ["-M", options.machine == .microvm && (hasPCIDevices || options.pcie) ? "microvm,pcie=on" : options.machine.rawValue]
         arguments += ["-accel", options.accelerator == .kvm ? "kvm" : "tcg"]
         arguments += ["-m", String(options.memoryMegabytes)]
         if options.processorCount > 1 { arguments += ["-smp", String(options.processorCount)] }

@@ -84,6 +84,9 @@ struct Run: ParsableCommand {
     @Option(name: .long, help: "microvm (PVH, default) or pc (SeaBIOS and multiboot).")
     var machine: LaunchOptions.Machine = .microvm
 
+    @Flag(name: .long, help: "microvm: add the PCIe host bridge even without -I/-b (for PCI devices given with -g).")
+    var pcie = false
+
     @Option(name: .long, help: ArgumentHelp("With -i: kill the guest after this many seconds.", valueName: "seconds"))
     var timeout: Double?
 
@@ -125,6 +128,7 @@ struct Run: ParsableCommand {
         options.name = name
         options.applicationArguments = applicationArguments
         options.timeout = timeout
+        options.pcie = pcie
         return options
     }
 

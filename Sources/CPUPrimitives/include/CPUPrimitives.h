@@ -8,6 +8,7 @@
 #include <stdint.h>
 #include "CPUStructures.h"
 #include "CPUInterrupts.h"
+#include "CPURandom.h"
 
 static inline void cpu_outb(uint16_t port, uint8_t value) {
     __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));
