@@ -24,6 +24,15 @@ public func rumpuserSpInit(
     _ url: UnsafePointer<CChar>?, _ ostype: UnsafePointer<CChar>?, _ osrelease: UnsafePointer<CChar>?,
     _ machine: UnsafePointer<CChar>?
 ) -> Int32 {
+    startProxyServer(url, ostype, osrelease, machine, holdingCPU: true)
+}
+
+/// rumpuser_sp_init's body; `holdingCPU` is false for callers outside the
+/// kernel (the Swift API), which have no CPU to release while they wait.
+func startProxyServer(
+    _ url: UnsafePointer<CChar>?, _ ostype: UnsafePointer<CChar>?, _ osrelease: UnsafePointer<CChar>?,
+    _ machine: UnsafePointer<CChar>?, holdingCPU: Bool
+) -> Int32 {
     guard let url else { return NetBSDErrno.EINVAL.rawValue }
     ProxyServer.lock.lock()
     defer { ProxyServer.lock.unlock() }
@@ -32,10 +41,17 @@ public func rumpuserSpInit(
         // A server stopped by rumpuser_sp_fini: wait until its thread has
         // closed its sockets and disconnected its clients.
         if !previous.finished {
-            withCPUReleased {
-                while !previous.finished { ProxyServer.finishedCondition.wait(ProxyServer.lock) }
+            let nlocks = holdingCPU ? crumpuser_unschedule(nil) : 0
+            while !previous.finished { ProxyServer.finishedCondition.wait(ProxyServer.lock) }
+            if holdingCPU {
+                // Retaken without the server lock held: the upcall may block.
+                ProxyServer.lock.unlock()
+                crumpuser_schedule(nlocks, nil)
+                ProxyServer.lock.lock()
             }
         }
+        // Another thread may have replaced it while the CPU was retaken.
+        guard ProxyServer.current === previous else { return NetBSDErrno.EBUSY.rawValue }
         close(previous.wakeWrite)
         ProxyServer.current = nil
     }

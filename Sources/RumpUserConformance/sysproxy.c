@@ -469,6 +469,23 @@ test_concurrency(const char *url)
 	}
 }
 
+/* 254 clients at most (NetBSD's MAXCLI of 256 poll slots less the
+ * listener, less one); further connections are closed at once. */
+static void
+test_capacity(const char *url)
+{
+	enum { TRIES = 260, LIMIT = 254 };
+	static struct spc_conn conns[TRIES];
+	int banners = 0;
+
+	for (int i = 0; i < TRIES; i++)
+		if (spc_connect(&conns[i], url) == 0 && conns[i].banner[0] == 'R')
+			banners++;
+	CHECK_EQ(banners, LIMIT, "connections served at once");
+	for (int i = 0; i < TRIES; i++)
+		spc_close(&conns[i]);
+}
+
 static void
 test_tcp_and_fini(void)
 {
@@ -528,6 +545,7 @@ rumpconf_test_syscall_proxy(void)
 	test_disconnects(url);
 	test_concurrency(url);
 	wait_drained(processes, lwps, "after every client left");
+	test_capacity(url);
 
 	sp_fini();
 	struct stat st;
