@@ -203,8 +203,9 @@ public func rumpuserSpRaise(_ client: UnsafeMutableRawPointer?, _ signal: Int32)
 
 /// The kernel is going down: answers the system call the calling thread
 /// runs for `client` (if any) with success, since it will not return, and
-/// stops the server (the listening socket and its file go, clients are
-/// disconnected). Does not wait; a later rumpuser_sp_init may start a new
+/// stops the server (a unix socket's file is removed at once; the server
+/// thread then closes the listening socket and disconnects the clients).
+/// Does not wait for that; a later rumpuser_sp_init may start a new
 /// server.
 @_spi(RumpUserABI) @_cdecl("rumpuser_sp_fini")
 public func rumpuserSpFini(_ argument: UnsafeMutableRawPointer?) {
@@ -221,6 +222,9 @@ public func rumpuserSpFini(_ argument: UnsafeMutableRawPointer?) {
     let server = ProxyServer.current
     if let server, !server.stopping {
         server.stopping = true
+        // Removed here too, as NetBSD does: the process may exit before
+        // the server thread gets to it.
+        server.address.removeSocketFile()
         server.wake()
     }
     ProxyServer.lock.unlock()
