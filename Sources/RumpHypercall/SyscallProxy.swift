@@ -24,6 +24,15 @@ public func rumpuserSpInit(
     _ url: UnsafePointer<CChar>?, _ ostype: UnsafePointer<CChar>?, _ osrelease: UnsafePointer<CChar>?,
     _ machine: UnsafePointer<CChar>?
 ) -> Int32 {
+    startProxyServer(url, ostype, osrelease, machine, holdingCPU: true)
+}
+
+/// rumpuser_sp_init's body; `holdingCPU` is false for callers outside the
+/// kernel (the Swift API), which have no CPU to release while they wait.
+func startProxyServer(
+    _ url: UnsafePointer<CChar>?, _ ostype: UnsafePointer<CChar>?, _ osrelease: UnsafePointer<CChar>?,
+    _ machine: UnsafePointer<CChar>?, holdingCPU: Bool
+) -> Int32 {
     guard let url else { return NetBSDErrno.EINVAL.rawValue }
     ProxyServer.lock.lock()
     defer { ProxyServer.lock.unlock() }
@@ -32,10 +41,17 @@ public func rumpuserSpInit(
         // A server stopped by rumpuser_sp_fini: wait until its thread has
         // closed its sockets and disconnected its clients.
         if !previous.finished {
-            withCPUReleased {
-                while !previous.finished { ProxyServer.finishedCondition.wait(ProxyServer.lock) }
+            let nlocks = holdingCPU ? crumpuser_unschedule(nil) : 0
+            while !previous.finished { ProxyServer.finishedCondition.wait(ProxyServer.lock) }
+            if holdingCPU {
+                // Retaken without the server lock held: the upcall may block.
+                ProxyServer.lock.unlock()
+                crumpuser_schedule(nlocks, nil)
+                ProxyServer.lock.lock()
             }
         }
+        // Another thread may have replaced it while the CPU was retaken.
+        guard ProxyServer.current === previous else { return NetBSDErrno.EBUSY.rawValue }
         close(previous.wakeWrite)
         ProxyServer.current = nil
     }
@@ -187,8 +203,9 @@ public func rumpuserSpRaise(_ client: UnsafeMutableRawPointer?, _ signal: Int32)
 
 /// The kernel is going down: answers the system call the calling thread
 /// runs for `client` (if any) with success, since it will not return, and
-/// stops the server (the listening socket and its file go, clients are
-/// disconnected). Does not wait; a later rumpuser_sp_init may start a new
+/// stops the server (a unix socket's file is removed at once; the server
+/// thread then closes the listening socket and disconnects the clients).
+/// Does not wait for that; a later rumpuser_sp_init may start a new
 /// server.
 @_spi(RumpUserABI) @_cdecl("rumpuser_sp_fini")
 public func rumpuserSpFini(_ argument: UnsafeMutableRawPointer?) {
@@ -205,6 +222,9 @@ public func rumpuserSpFini(_ argument: UnsafeMutableRawPointer?) {
     let server = ProxyServer.current
     if let server, !server.stopping {
         server.stopping = true
+        // Removed here too, as NetBSD does: the process may exit before
+        // the server thread gets to it.
+        server.address.removeSocketFile()
         server.wake()
     }
     ProxyServer.lock.unlock()

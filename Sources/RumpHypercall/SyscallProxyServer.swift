@@ -519,7 +519,10 @@ final class ProxyServer: @unchecked Sendable {
             if descriptors[1].revents & Int16(POLLIN) != 0 { accept() }
         }
         close(listenFD)
-        address.removeSocketFile()
+        ProxyServer.lock.lock()
+        let removed = stopping  // rumpuser_sp_fini removed the file already
+        ProxyServer.lock.unlock()
+        if !removed { address.removeSocketFile() }
         for client in clients { disconnect(client) }
         close(wakeRead)
         ProxyServer.lock.lock()

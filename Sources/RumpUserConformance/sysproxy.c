@@ -209,6 +209,22 @@ test_calls(const char *url)
 	CHECK_EQ(spc_handshake(&c, H_EXEC, "execd", 6), 0, "HANDSHAKE EXEC");
 	CHECK_EQ(getpid_name(&c, name, sizeof(name), &pid), 0, "GETPID after exec");
 	CHECK(pid == before && strcmp(name, "execd") == 0, "after exec: pid %ld (was %ld) '%s'", pid, before, name);
+
+	/* exec with a system call asleep: lwpexit ends it, then exec completes. */
+	int slot = 0;
+	uint64_t sleeping = spc_send(&c, REQ, T_SYSCALL, SPT_WAITEXIT, NULL, 0);
+	pause_ms(100);
+	uint64_t exec = spc_send(&c, REQ, T_HANDSHAKE, H_EXEC, "second", 7);
+	CHECK(spc_wait(&c, sleeping, &slot) == 0, "sleeping syscall during exec: no answer");
+	/* EINTR (4) once asleep; ESRCH (3) if exec came before it got an lwp. */
+	CHECK(c.slots[slot].error == 4 || c.slots[slot].error == 3, "sleeping syscall ended with %d",
+	    c.slots[slot].error);
+	c.slots[slot].used = 0;
+	CHECK(spc_wait(&c, exec, &slot) == 0 && c.slots[slot].cls == RESP && c.slots[slot].dlen == 4,
+	    "second exec: no handshake response");
+	c.slots[slot].used = 0;
+	CHECK_EQ(getpid_name(&c, name, sizeof(name), &pid), 0, "GETPID after the second exec");
+	CHECK(pid == before && strcmp(name, "second") == 0, "after the second exec: '%s'", name);
 	spc_close(&c);
 }
 
@@ -453,6 +469,23 @@ test_concurrency(const char *url)
 	}
 }
 
+/* 254 clients at most (NetBSD's MAXCLI of 256 poll slots less the
+ * listener, less one); further connections are closed at once. */
+static void
+test_capacity(const char *url)
+{
+	enum { TRIES = 260, LIMIT = 254 };
+	static struct spc_conn conns[TRIES];
+	int banners = 0;
+
+	for (int i = 0; i < TRIES; i++)
+		if (spc_connect(&conns[i], url) == 0 && conns[i].banner[0] == 'R')
+			banners++;
+	CHECK_EQ(banners, LIMIT, "connections served at once");
+	for (int i = 0; i < TRIES; i++)
+		spc_close(&conns[i]);
+}
+
 static void
 test_tcp_and_fini(void)
 {
@@ -512,6 +545,7 @@ rumpconf_test_syscall_proxy(void)
 	test_disconnects(url);
 	test_concurrency(url);
 	wait_drained(processes, lwps, "after every client left");
+	test_capacity(url);
 
 	sp_fini();
 	struct stat st;

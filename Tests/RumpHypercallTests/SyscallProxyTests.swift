@@ -78,6 +78,50 @@ struct SyscallProxyWireTests {
     }
 }
 
+/// The Swift API, without a kernel (no-op upcalls): start, the banner on a
+/// real socket, errors, stop. In the serialized suite: one server at a time.
+extension RumpuserConformanceTests {
+    @Test("Swift API: start and stop the syscall proxy")
+    func swiftAPISyscallProxy() throws {
+        let hypercalls = POSIXHypercalls()
+        let path = NSTemporaryDirectory() + "rumpsp-swift-\(getpid()).sock"
+        let url = try SyscallProxyURL.unix(path: path)
+        #expect(throws: NetBSDErrno.ERANGE) { _ = try SyscallProxyURL("tcp://1.2.3.4:70000") }
+        try hypercalls.startSyscallProxy(url, ostype: "Swift", osrelease: "6", machine: "x86_64")
+        #expect(throws: NetBSDErrno.EBUSY) { try hypercalls.startSyscallProxy(url) }
+
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { buffer in
+            path.utf8CString.withUnsafeBytes { buffer.copyMemory(from: $0) }
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        #expect(connected == 0)
+        var banner = [UInt8](repeating: 0, count: 96)
+        var length = 0
+        while length < banner.count, read(fd, &banner[length], 1) == 1 {
+            length += 1
+            if banner[length - 1] == UInt8(ascii: "\n") { break }
+        }
+        #expect(String(decoding: banner[..<length], as: UTF8.self) == "RUMPSP-0.4-Swift-6/x86_64\n")
+        close(fd)
+
+        hypercalls.stopSyscallProxy()
+        // Started again once the stopped server has finished.
+        try hypercalls.startSyscallProxy(url)
+        hypercalls.stopSyscallProxy()
+        var gone = false
+        for _ in 0..<200 where !gone {
+            gone = access(path, F_OK) != 0
+            if !gone { usleep(10_000) }
+        }
+        #expect(gone, "socket file removed by stop")
+    }
+}
+
 extension Result {
     var failureValue: Failure? {
         if case .failure(let error) = self { return error }

@@ -27,10 +27,12 @@ build_product() { # scratch-path product [extra swift build flags...]
 }
 
 check_exports() { # lib.so
-    local missing=0
+    local missing=0 symbols
+    # Listed once: `nm | grep -q` under pipefail fails when grep stops early.
+    symbols=$(nm -D --defined-only "$1")
     for name in $(grep -ohE '\brumpuser_[a-z_]+\(' "$src"/CRumpUser/include/rumpuser.h \
         "$src"/CRumpUser/include/rumpuser_component.h | tr -d '(' | sort -u); do
-        if ! nm -D --defined-only "$1" | grep -qE " T $name\$"; then
+        if ! grep -qE " T $name\$" <<<"$symbols"; then
             echo "not exported: $name"
             missing=1
         fi
@@ -53,7 +55,7 @@ plain() {
     check_exports "$lib/librumpuser.so"
     clang -O2 -g -Wall -Wextra -Werror $headers "${harness[@]}" -L"$lib" -lrumpuser \
         -Wl,-rpath,"$lib" -rdynamic -lpthread -o "$work/conformance-shared"
-    ldd "$work/conformance-shared" | grep -q "librumpuser.so" || { echo "not linked against librumpuser.so"; exit 1; }
+    grep -q "librumpuser.so" <<<"$(ldd "$work/conformance-shared")" || { echo "not linked against librumpuser.so"; exit 1; }
     run_harness shared "$work/conformance-shared"
 }
 
