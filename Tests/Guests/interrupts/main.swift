@@ -45,6 +45,8 @@ do {
     let haltsBefore = Interrupts.statistics.halts
     var early = 0
     var worst: UInt64 = 0
+    var lateness = ""
+
     // A wait whose deadline passed before it could halt (a loaded host
     // may stall the guest) returns without sleeping; that is allowed, an
     // early return is not.
@@ -54,11 +56,13 @@ do {
         ProcessorIdle.wait(untilTSC: deadline)
         let returned = now()
         if returned < deadline { early += 1 } else { worst = max(worst, returned - deadline) }
+        lateness += returned < deadline ? " early" : " \(microseconds(returned - deadline))"
+
     }
     let timers = Interrupts.statistics.timer - timerBefore
     let halts = Interrupts.statistics.halts - haltsBefore
     print("timer: \(waits.count) waits, \(early) returned early, timer interrupts \(timers > 0 ? "arrived" : "MISSING"), halted \(halts > 0 ? "yes" : "no")")
-    print("timer: worst lateness \(microseconds(worst)) us, \(timers) timer interrupts, \(halts) halts")
+    print("timer: lateness per wait (us):\(lateness); worst \(microseconds(worst)) us, \(timers) timer interrupts, \(halts) halts")
     check(early == 0 && timers > 0 && halts > 0)
 }
 
