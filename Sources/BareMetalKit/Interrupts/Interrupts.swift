@@ -234,7 +234,7 @@ public enum Interrupts {
             throw .lineBusy(globalSystemInterrupt: line.globalSystemInterrupt)
         }
         let registration = try register(handler: handler)
-        lineOfVector[Int(registration.vector)] = line
+        withInterruptsDisabled { lineOfVector[Int(registration.vector)] = line }
         var entry = IOAPICRedirectionEntry(
             vector: registration.vector, activeLow: line.activeLow, levelTriggered: line.levelTriggered, masked: false,
             destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
