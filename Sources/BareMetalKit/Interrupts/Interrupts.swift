@@ -67,6 +67,8 @@ public enum Interrupts {
     nonisolated(unsafe) static var silenced = UnsafeMutablePointer<Bool>.allocate(capacity: 256)
     nonisolated(unsafe) static var reported: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     nonisolated(unsafe) public internal(set) static var statistics = InterruptStatistics()
+    /// TSC ticks `start()` took (firmware tables, APICs); boot pays this.
+    nonisolated(unsafe) public internal(set) static var startTicks: UInt64 = 0
 
     /// Set by a device interrupt (not the timer); `ProcessorIdle.wait`
     /// returns when it finds it set, and clears it.
@@ -90,6 +92,8 @@ public enum Interrupts {
     /// a local APIC nothing changes and `isRunning` stays false.
     public static func start() {
         guard !isRunning else { return }
+        let began = cpu_rdtsc()
+        defer { startTicks = cpu_rdtsc() &- began }
         let cpu = CPUInformation(source: HardwareCPUID())
         guard cpu.has(.apic) else { return }
         handlers = [InterruptHandler?](repeating: nil, count: 256)
