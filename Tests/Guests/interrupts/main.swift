@@ -264,10 +264,12 @@ func arpWhileSleeping<Interface: NetworkInterface>(_ nic: inout Interface) -> (B
     var wokenEarly = false
     var attempts = 0
     do throws(NetworkInterfaceError) {
-        while !replied && attempts < 20 {
+        while !replied && attempts < 10 {
             try nic.send(frame: UnsafeRawBufferPointer(frame))
             attempts += 1
-            let deadline = now() + 500 * tscPerMillisecond
+            // Long enough that a loaded host does not turn the device's
+            // wake-up into a timer one.
+            let deadline = now() + 2000 * tscPerMillisecond
             while !replied && now() < deadline {
                 let before = deviceInterrupts
                 ProcessorIdle.wait(untilTSC: deadline)
