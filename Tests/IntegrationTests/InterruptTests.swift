@@ -36,6 +36,18 @@ extension Integration {
         Self.expectCoreLines(run)
     }
 
+    /// microvm without ACPI: qboot's MP table is the fallback; it lists the
+    /// PIT's IRQ 0 on pin 2 (which the microvm MADT omits), so the PIT works.
+    @Test func withoutACPITheMPTableRoutes() throws {
+        let image = try Integration.interrupts.get()
+        let run = try Integration.run([
+            "run", "qemu", "-i", "--timeout", "240", "--machine", "microvm", "-g", "-machine acpi=off", image,
+        ])
+        #expect(run.stdout.hasPrefix("interrupts: running, xAPIC, timer one-shot, 1 I/O APICs from the MP table\n"), "stdout: \(run.stdout)")
+        #expect(run.stdout.contains("pit: IRQ 0 -> GSI 2 edge (override), interrupts delivered\n"))
+        Self.expectCoreLines(run)
+    }
+
     /// pc: the PIT through its MADT override (IRQ 0 -> GSI 2), virtio-net
     /// with MSI-X, QEMU's edu device with MSI and INTx, e1000 through INTx
     /// (a level line, also driven into a storm that must be masked).
