@@ -24,11 +24,15 @@ public enum Exceptions {
         cpu_load_idt(UInt64(bmk_idt_address()), UInt16(256 * 16 - 1))
     }
 
-    /// Fills gates 32–255 with the isr.S interrupt stubs (interrupt gates,
-    /// so handlers start with IF clear, on IST slot `interruptStack`).
+    /// Fills the absent gates among 32–255 with the isr.S interrupt stubs
+    /// (interrupt gates, so handlers start with IF clear, on IST slot
+    /// `interruptStack`). A gate another subsystem installed already (the
+    /// SMP wake-up IPI) is kept, whatever the boot order.
     public static func installInterruptGates(interruptStack: UInt8) {
         let table = UnsafeMutableRawPointer(bitPattern: bmk_idt_address())!
         for vector in 32..<256 {
+            // Present is bit 47 of the low quadword.
+            if table.load(fromByteOffset: vector * 16, as: UInt64.self) & (1 << 47) != 0 { continue }
             let gate = GateDescriptor(
                 handler: bmk_interrupt_stub(UInt32(vector)), selector: GlobalDescriptorTableLayout.kernelCodeSelector,
                 interruptStack: interruptStack)

@@ -36,19 +36,36 @@ extension Integration {
         Self.expectCoreLines(run)
     }
 
+    /// microvm without ACPI: qboot's MP table is the fallback; it lists the
+    /// PIT's IRQ 0 on pin 2 (which the microvm MADT omits), so the PIT works.
+    @Test func withoutACPITheMPTableRoutes() throws {
+        let image = try Integration.interrupts.get()
+        let run = try Integration.run([
+            "run", "qemu", "-i", "--timeout", "240", "--machine", "microvm", "-g", "-machine acpi=off", image,
+        ])
+        #expect(run.stdout.hasPrefix("interrupts: running, xAPIC, timer one-shot, 1 I/O APICs from the MP table\n"), "stdout: \(run.stdout)")
+        #expect(run.stdout.contains("pit: IRQ 0 -> GSI 2 edge (override), interrupts delivered\n"))
+        Self.expectCoreLines(run)
+    }
+
     /// pc: the PIT through its MADT override (IRQ 0 -> GSI 2), virtio-net
-    /// with MSI-X, e1000 through INTx (a level line, also driven into a
-    /// storm that must be masked).
+    /// with MSI-X, QEMU's edu device with MSI and INTx, e1000 through INTx
+    /// (a level line, also driven into a storm that must be masked).
     @Test func pcDeliversLegacyLinesMSIXAndINTx() throws {
         let image = try Integration.interrupts.get()
         let run = try Integration.run([
             "run", "qemu", "-i", "--timeout", "300", "--machine", "pc",
-            "-I", "net0,virtio-net,user", "-I", "net1,e1000,user", image,
+            "-I", "net0,virtio-net,user", "-I", "net1,e1000,user", "-g", "-device edu", image,
         ])
         #expect(run.stdout.hasPrefix("interrupts: running, xAPIC, timer one-shot, 1 I/O APICs from ACPI\n"), "stdout: \(run.stdout)")
         #expect(run.stdout.contains("pit: IRQ 0 -> GSI 2 edge (override), interrupts delivered\n"))
         #expect(run.stdout.contains(
             "virtio-net: modern, MSI-X (3 vectors), ARP reply while halted: yes, woken by the device interrupt: yes, interrupts counted\n"))
+        // QEMU's edu device: plain MSI, then its INTx#.
+        #expect(run.stdout.contains("edu: MSI delivered: yes\n"), "stdout: \(run.stdout)")
+        #expect(run.stdout.contains("edu: INTx GSI "))
+        #expect(run.stdout.contains(" level delivered: yes\n"))
+        #expect(run.stdout.contains("edu: INTx shared with a second handler on one vector, both called: yes\n"))
         #expect(run.stdout.contains("e1000: INTx GSI 11 level, level storm masked: yes\n"), "stdout: \(run.stdout)")
         #expect(run.stdout.contains("(GSI 11): line masked\n"))
         #expect(run.stdout.contains("e1000: cause raised through ICS delivered: yes\n"))

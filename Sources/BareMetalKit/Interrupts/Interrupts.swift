@@ -21,6 +21,8 @@ public typealias InterruptHandler = (_ vector: UInt8) -> Bool
 public struct InterruptRegistration: Equatable, Sendable {
     public var vector: UInt8
     public var line: InterruptLine?
+    /// Which of the vector's handlers (several on a shared level line).
+    public var slot: Int = 0
 }
 
 /// Counters of the interrupt layer.
@@ -47,6 +49,8 @@ public enum Interrupts {
     /// IST slot of the external-interrupt gates (exceptions use IST 1, so a
     /// fault inside a handler does not overwrite the interrupted frame).
     public static var interruptStack: UInt8 { 2 }
+    /// Handlers one vector can carry (a shared, level-triggered line).
+    public static var handlersPerVector: Int { 4 }
     /// Consecutive unclaimed interrupts on one vector that make a storm.
     public static var stormThreshold: UInt32 { 1000 }
 
@@ -67,6 +71,8 @@ public enum Interrupts {
     nonisolated(unsafe) static var silenced = UnsafeMutablePointer<Bool>.allocate(capacity: 256)
     nonisolated(unsafe) static var reported: (UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0)
     nonisolated(unsafe) public internal(set) static var statistics = InterruptStatistics()
+    /// TSC ticks `start()` took (firmware tables, APICs); boot pays this.
+    nonisolated(unsafe) public internal(set) static var startTicks: UInt64 = 0
 
     /// Set by a device interrupt (not the timer); `ProcessorIdle.wait`
     /// returns when it finds it set, and clears it.
@@ -90,9 +96,11 @@ public enum Interrupts {
     /// a local APIC nothing changes and `isRunning` stays false.
     public static func start() {
         guard !isRunning else { return }
+        let began = cpu_rdtsc()
+        defer { startTicks = cpu_rdtsc() &- began }
         let cpu = CPUInformation(source: HardwareCPUID())
         guard cpu.has(.apic) else { return }
-        handlers = [InterruptHandler?](repeating: nil, count: 256)
+        handlers = [InterruptHandler?](repeating: nil, count: 256 * handlersPerVector)
         lineOfVector = [InterruptLine?](repeating: nil, count: 256)
         unclaimedRun.initialize(repeating: 0, count: 256)
         perVector.initialize(repeating: 0, count: 256)
@@ -183,7 +191,7 @@ public enum Interrupts {
         let wasEnabled = cpu_save_and_disable_interrupts() != 0
         defer { if wasEnabled { cpu_enable_interrupts() } }
         let vector = try allocator.allocate()
-        handlers[Int(vector)] = handler
+        handlers[Int(vector) * handlersPerVector] = handler
         unclaimedRun[Int(vector)] = 0
         silenced[Int(vector)] = false
         return InterruptRegistration(vector: vector, line: nil)
@@ -228,13 +236,27 @@ public enum Interrupts {
         return try register(line: line, handler: handler)
     }
 
+    /// Routes `line` to a new vector with `handler` and unmasks it. A line
+    /// already in use is shared when both uses are level-triggered with the
+    /// same polarity (PCI INTx#): the handler joins the line's vector, and
+    /// every handler runs on each interrupt. Otherwise `lineBusy`.
     public static func register(line: InterruptLine, handler: @escaping InterruptHandler) throws(InterruptError) -> InterruptRegistration {
         guard isRunning, line.controller < ioAPICs.count else { throw .notStarted }
-        for index in 0..<256 where lineOfVector[index]?.globalSystemInterrupt == line.globalSystemInterrupt {
+        for index in 0..<256 {
+            guard let existing = lineOfVector[index], existing.globalSystemInterrupt == line.globalSystemInterrupt else { continue }
+            guard existing.levelTriggered && line.levelTriggered && existing.activeLow == line.activeLow else {
+                throw .lineBusy(globalSystemInterrupt: line.globalSystemInterrupt)
+            }
+            let wasEnabled = cpu_save_and_disable_interrupts() != 0
+            defer { if wasEnabled { cpu_enable_interrupts() } }
+            for slot in 0..<handlersPerVector where handlers[index * handlersPerVector + slot] == nil {
+                handlers[index * handlersPerVector + slot] = handler
+                return InterruptRegistration(vector: UInt8(index), line: existing, slot: slot)
+            }
             throw .lineBusy(globalSystemInterrupt: line.globalSystemInterrupt)
         }
         let registration = try register(handler: handler)
-        lineOfVector[Int(registration.vector)] = line
+        withInterruptsDisabled { lineOfVector[Int(registration.vector)] = line }
         var entry = IOAPICRedirectionEntry(
             vector: registration.vector, activeLow: line.activeLow, levelTriggered: line.levelTriggered, masked: false,
             destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
@@ -249,13 +271,16 @@ public enum Interrupts {
         withInterruptsDisabled { ioAPICs[line.controller].setMasked(pin: line.pin, masked) }
     }
 
-    /// Masks the line (if any), removes the handler and frees the vector.
+    /// Removes the handler; the last one of a vector also masks the line
+    /// (if any) and frees the vector. Not from inside a handler.
     public static func unregister(_ registration: InterruptRegistration) {
         withInterruptsDisabled {
+            let base = Int(registration.vector) * handlersPerVector
+            handlers[base + registration.slot] = nil
+            for slot in 0..<handlersPerVector where handlers[base + slot] != nil { return }
             if let line = registration.line, line.controller < ioAPICs.count {
                 ioAPICs[line.controller].setMasked(pin: line.pin, true)
             }
-            handlers[Int(registration.vector)] = nil
             lineOfVector[Int(registration.vector)] = nil
             try? allocator.free(registration.vector)
         }
@@ -302,8 +327,14 @@ public enum Interrupts {
             apic.endOfInterrupt()
             return
         }
-        if !silenced[Int(vector)], let handler = handlers[Int(vector)] {
-            if handler(vector) {
+        let base = Int(vector) * handlersPerVector
+        if !silenced[Int(vector)], handlers[base] != nil || handlers[base + 1] != nil || handlers[base + 2] != nil || handlers[base + 3] != nil {
+            // Every handler of a shared line runs: each quiets its device.
+            var claimed = false
+            for slot in 0..<handlersPerVector {
+                if let handler = handlers[base + slot], handler(vector) { claimed = true }
+            }
+            if claimed {
                 unclaimedRun[Int(vector)] = 0
                 wakePending = true
                 wakeHook?()

@@ -22,9 +22,16 @@ public struct LocalAPIC: Sendable {
     /// is).
     public init(x2APIC: Bool) {
         var value = cpu_rdmsr(Self.baseMSR)
-        value |= 1 << 11
-        if x2APIC { value |= 1 << 10 }
-        cpu_wrmsr(Self.baseMSR, value)
+        // Disabled → x2APIC directly is an invalid transition (#GP, SDM
+        // §11.12.5): enable xAPIC mode first, then EXTD.
+        if value & 1 << 11 == 0 {
+            value |= 1 << 11
+            cpu_wrmsr(Self.baseMSR, value)
+        }
+        if x2APIC && value & 1 << 10 == 0 {
+            value |= 1 << 10
+            cpu_wrmsr(Self.baseMSR, value)
+        }
         isX2APIC = x2APIC
         base = value & 0x000F_FFFF_FFFF_F000
     }

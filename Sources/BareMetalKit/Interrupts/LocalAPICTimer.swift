@@ -21,8 +21,7 @@ public enum LocalAPICTimer {
     /// Expirations seen (the dispatch counts them too).
     nonisolated(unsafe) public private(set) static var expirations: UInt64 = 0
 
-    /// Picks the mode and, for one-shot mode, measures the ratio of the
-    /// APIC timer to the TSC. Leaves the timer masked and idle.
+    /// Picks the mode; leaves the timer idle.
     static func start(apic: LocalAPIC, cpu: CPUInformation) {
         self.apic = apic
         if cpu.has(.tscDeadline) {
@@ -33,6 +32,13 @@ public enum LocalAPICTimer {
             return
         }
         mode = .oneShot
+        // The ratio is measured on the first arm, not here: the measurement
+        // spins for 2^24 TSC ticks, which boot should not pay for.
+        apic.write(LocalAPICRegister.timerVector, LocalAPICTimerMode.oneShot.lvt(vector: InterruptVectors.timer, masked: true))
+    }
+
+    /// Measures APIC timer ticks per TSC tick (one-shot mode).
+    static func calibrate(apic: LocalAPIC) {
         apic.write(LocalAPICRegister.timerDivide, divideBy16)
         apic.write(LocalAPICRegister.timerVector, LocalAPICTimerMode.oneShot.lvt(vector: InterruptVectors.timer, masked: true))
         apic.write(LocalAPICRegister.timerInitialCount, 0xFFFF_FFFF)
@@ -57,6 +63,7 @@ public enum LocalAPICTimer {
             cpu_wrmsr(deadlineMSR, max(deadline, 1))
             return
         }
+        if ticksPerTSCTick == 0 { calibrate(apic: apic) }
         let now = cpu_rdtsc()
         let ticks = deadline > now ? deadline - now : 1
         apic.write(LocalAPICRegister.timerInitialCount, LocalAPICTimerMode.oneShotCount(forTSCTicks: ticks, ratio: ticksPerTSCTick))

@@ -46,7 +46,7 @@ public enum ProcessorIdle {
                 LocalAPICTimer.arm(deadline: deadline)
             }
             Interrupts.statistics.halts &+= 1
-            cpu_enable_interrupts_and_halt()
+            cpu_idle_enable_interrupts_and_halt()
             cpu_disable_interrupts()
         }
         LocalAPICTimer.disarm()

@@ -18,7 +18,7 @@ static inline uint64_t bmk_interrupt_stub(unsigned vector) {
 /// the next instruction, so an interrupt that became pending before the STI
 /// (while IF was 0) wakes the HLT instead of being taken before it: no lost
 /// wake-up. Returns with interrupts enabled, after the handler ran.
-static inline void cpu_enable_interrupts_and_halt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
+static inline void cpu_idle_enable_interrupts_and_halt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
 
 /// RFLAGS, for saving and restoring the interrupt flag.
 static inline uint64_t cpu_read_flags(void) {
