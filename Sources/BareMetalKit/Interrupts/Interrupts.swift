@@ -172,7 +172,7 @@ public enum Interrupts {
     /// Runs `body` with interrupts disabled, restoring the flag afterwards.
     @inline(__always)
     public static func withInterruptsDisabled<Result>(_ body: () -> Result) -> Result {
-        let wasEnabled = cpu_save_and_disable_interrupts() != 0
+        let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
         let result = body()
         if wasEnabled { cpu_enable_interrupts() }
         return result
@@ -188,7 +188,7 @@ public enum Interrupts {
     /// `message(vector:)`.
     public static func register(handler: @escaping InterruptHandler) throws(InterruptError) -> InterruptRegistration {
         guard isRunning else { throw .notStarted }
-        let wasEnabled = cpu_save_and_disable_interrupts() != 0
+        let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
         defer { if wasEnabled { cpu_enable_interrupts() } }
         let vector = try allocator.allocate()
         handlers[Int(vector) * handlersPerVector] = handler
@@ -247,7 +247,7 @@ public enum Interrupts {
             guard existing.levelTriggered && line.levelTriggered && existing.activeLow == line.activeLow else {
                 throw .lineBusy(globalSystemInterrupt: line.globalSystemInterrupt)
             }
-            let wasEnabled = cpu_save_and_disable_interrupts() != 0
+            let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
             defer { if wasEnabled { cpu_enable_interrupts() } }
             for slot in 0..<handlersPerVector where handlers[index * handlersPerVector + slot] == nil {
                 handlers[index * handlersPerVector + slot] = handler

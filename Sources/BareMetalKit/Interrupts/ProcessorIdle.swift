@@ -35,7 +35,7 @@ public enum ProcessorIdle {
         if deadline == nil && Interrupts.allocator.allocatedCount == 0 {
             deadline = cpu_rdtsc() &+ unboundedWaitLimit
         }
-        let wasEnabled = cpu_save_and_disable_interrupts() != 0
+        let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
         while true {
             if Interrupts.wakePending {
                 Interrupts.wakePending = false

@@ -27,12 +27,7 @@ static inline uint64_t cpu_read_flags(void) {
     return flags;
 }
 
-/// Disables interrupts and returns whether they were enabled before.
-static inline int cpu_save_and_disable_interrupts(void) {
-    uint64_t flags;
-    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) : : "memory");
-    return (int)((flags >> 9) & 1);
-}
+// cpu_save_and_disable_interrupts / cpu_restore_interrupts: CPUStructures.h.
 
 /// Volatile 32-bit store and load for the LAPIC and IOAPIC windows.
 static inline void cpu_mmio_write32(uintptr_t address, uint32_t value) { *(volatile uint32_t *)address = value; }
