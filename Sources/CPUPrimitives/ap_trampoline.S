@@ -119,22 +119,8 @@ bmk_ap_entry64:
     hlt
     jmp 1b
 
-/* Wake-up IPI: its only job is to end the target's HLT. */
-    .globl bmk_wake_ipi, bmk_spurious_interrupt
-bmk_wake_ipi:
-    pushq %rax
-    movq bmk_lapic_eoi_register(%rip), %rax
-    movl $0, (%rax)
-    popq %rax
-    iretq
-
-/* Spurious interrupts get no EOI (SDM vol. 3A §10.9). */
-bmk_spurious_interrupt:
-    iretq
-
     .section .data, "aw"
     .align 8
-    .globl bmk_ap_stack_top, bmk_ap_cpu_index, bmk_lapic_eoi_register
-bmk_lapic_eoi_register: .quad 0xFEE000B0
+    .globl bmk_ap_stack_top, bmk_ap_cpu_index
 bmk_ap_stack_top: .quad 0
 bmk_ap_cpu_index: .long 0

@@ -56,13 +56,13 @@ import Testing
 
     @Test func startupInterruptCommandWords() {
         // SDM vol. 3A Figure 10-12: delivery mode bits 8-10, level bit 14,
-        // destination in ICR bits 56-63 (high word bits 24-31).
-        let initIPI = InterProcessorInterrupt.initialize(apicID: 3)
-        #expect(initIPI.high == 0x0300_0000 && initIPI.command == 0x0000_4500)
-        let sipi = InterProcessorInterrupt.startup(apicID: 0x12, page: 0x08)
-        #expect(sipi.high == 0x1200_0000 && sipi.command == 0x0000_4608)
-        #expect(InterProcessorInterrupt.fixed(apicID: 1, vector: 0xF1).command == 0x0000_40F1)
-        #expect(InterProcessorInterrupt.nonMaskable(apicID: 1).command == 0x0000_4400)
-        #expect(InterProcessorInterrupt.nonMaskableToAllOthers.command == 0x000C_4400)
+        // shorthand bits 18-19, xAPIC destination in ICR bits 56-63.
+        let initIPI = InterruptCommand.initialize(apicID: 3)
+        #expect(initIPI.xAPICHigh == 0x0300_0000 && initIPI.low == 0x0000_4500)
+        let sipi = InterruptCommand.startup(apicID: 0x12, page: 0x08)
+        #expect(sipi.xAPICHigh == 0x1200_0000 && sipi.low == 0x0000_4608)
+        #expect(sipi.x2APICValue == 0x0000_0012_0000_4608)
+        #expect(InterruptCommand.wakeUp(apicID: 1).low == 0x0000_40F1)
+        #expect(InterruptCommand.nonMaskableToAllOthers.low == 0x000C_4400)
     }
 }

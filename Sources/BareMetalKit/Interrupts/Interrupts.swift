@@ -315,6 +315,11 @@ public enum Interrupts {
             return
         }
         guard let apic = localAPIC else { return }
+        if vector == InterruptVectors.wakeup {
+            // SMP wake-up: ending the target's HLT was its whole job.
+            apic.endOfInterrupt()
+            return
+        }
         if vector == InterruptVectors.timer {
             statistics.timer &+= 1
             LocalAPICTimer.expired()

@@ -23,51 +23,22 @@ struct PerCPUBlock {
     static var indexOffset: UInt32 { 8 }
 }
 
-/// The xAPIC registers start-up needs (SDM vol. 3A §10.4.1, Table 10-1).
-struct StartupLocalAPIC {
-    var base: UInt64
-
-    func read(_ offset: UInt64) -> UInt32 { cpu_load32(UInt(base + offset)) }
-    func write(_ offset: UInt64, _ value: UInt32) { cpu_store32(UInt(base + offset), value) }
-
-    var id: UInt32 { read(0x20) >> 24 }
-
-    /// Software-enables the local APIC (SVR bit 8) with spurious vector 0xFF.
-    func enable() { write(0xF0, read(0xF0) | 0x100 | 0xFF) }
-
-    func endOfInterrupt() { write(0xB0, 0) }
-
-    /// Writes ICR high then low (the write to low sends) and waits until
-    /// the delivery-status bit clears. Returns false if it never does.
-    @discardableResult
-    func send(_ ipi: InterProcessorInterrupt) -> Bool {
-        write(0x310, ipi.high)
-        write(0x300, ipi.command)
-        var spins = 0
-        while read(0x300) & InterProcessorInterrupt.deliveryPending != 0 {
-            cpu_pause()
-            spins += 1
-            if spins > 1_000_000 { return false }
-        }
-        return true
-    }
-}
-
 public enum ProcessorStartupError: Error {
     case noTrampolinePage
+    case noLocalAPIC
     case pageTablesAbove4GiB(root: UInt64)
     case memory(PlatformCoreError)
 }
 
 public enum Processors {
-    /// The IPI vector that wakes a halted CPU to look at its mailbox.
-    static let wakeVector: UInt8 = 0xF1
     /// Most CPUs the platform starts.
     public static let limit = 64
 
     nonisolated(unsafe) static var blocks: UnsafeMutablePointer<PerCPUBlock>? = nil
     nonisolated(unsafe) static var onlineCount = 1
-    nonisolated(unsafe) static var localAPIC = StartupLocalAPIC(base: 0xFEE0_0000)
+    /// The boot CPU's local APIC (the interrupt layer's); the same
+    /// registers address each CPU's own APIC.
+    static var localAPIC: LocalAPIC? { Interrupts.localAPIC }
     nonisolated(unsafe) static var tscPerMicrosecond: UInt64 = 1000
     nonisolated(unsafe) static var preparedTables: [PreparedDescriptorTables] = []
     nonisolated(unsafe) static var slots: [ProcessorSlot] = []
@@ -102,14 +73,11 @@ public enum Processors {
 
     /// Starts the application processors of `plan`; returns how many came
     /// up. Prints one line per CPU that did not answer.
-    static func start(plan: ProcessorStartupPlan, localAPICAddress: UInt64, tscPerMicrosecond: UInt64) throws(ProcessorStartupError) -> Int {
-        localAPIC = StartupLocalAPIC(base: localAPICAddress)
-        bmk_set_lapic_eoi_register(localAPICAddress + 0xB0)
+    static func start(plan: ProcessorStartupPlan, tscPerMicrosecond: UInt64) throws(ProcessorStartupError) -> Int {
         Self.tscPerMicrosecond = max(tscPerMicrosecond, 1)
-        installWakeGates()
-        localAPIC.enable()
         setUpBootProcessor(apicID: plan.bootProcessor.apicID)
         if plan.applicationProcessors.isEmpty { return 1 }
+        guard let localAPIC else { throw .noLocalAPIC }
 
         let trampoline = try installTrampoline()
         defer { removeTrampoline(trampoline) }
@@ -130,7 +98,7 @@ public enum Processors {
                 stackTop: stack, mailboxWork: 0, mailboxArgument: 0, completed: 0, online: 0)
             preparedTables.append(prepared)
             bmk_ap_prepare(stack, UInt32(next))
-            if startOne(apicID: slot.apicID, page: UInt8(trampoline >> 12), block: block) {
+            if startOne(apicID: slot.apicID, page: UInt8(trampoline >> 12), block: block, apic: localAPIC) {
                 slots.append(ProcessorSlot(index: next, apicID: slot.apicID, processorUID: slot.processorUID))
                 next += 1
                 onlineCount = next
@@ -146,13 +114,13 @@ public enum Processors {
 
     /// INIT, wait, STARTUP, wait, STARTUP if the AP has not reported, then
     /// wait for its report.
-    static func startOne(apicID: UInt32, page: UInt8, block: UnsafeMutablePointer<PerCPUBlock>) -> Bool {
-        localAPIC.send(.initialize(apicID: apicID))
+    static func startOne(apicID: UInt32, page: UInt8, block: UnsafeMutablePointer<PerCPUBlock>, apic: LocalAPIC) -> Bool {
+        apic.send(.initialize(apicID: apicID))
         delay(microseconds: ProcessorStartupTiming.afterINIT)
-        localAPIC.send(.startup(apicID: apicID, page: page))
+        apic.send(.startup(apicID: apicID, page: page))
         delay(microseconds: ProcessorStartupTiming.afterSTARTUP)
         if volatileLoad(&block.pointee.online) == 0 {
-            localAPIC.send(.startup(apicID: apicID, page: page))
+            apic.send(.startup(apicID: apicID, page: page))
         }
         let deadline = cpu_rdtsc() &+ ProcessorStartupTiming.reportTimeout &* tscPerMicrosecond
         while volatileLoad(&block.pointee.online) == 0 {
@@ -213,15 +181,6 @@ public enum Processors {
         return nil
     }
 
-    static func installWakeGates() {
-        let table = UnsafeMutableRawPointer(bitPattern: bmk_idt_address())!
-        for (vector, handler) in [(Int(wakeVector), bmk_wake_ipi_address()), (0xFF, bmk_spurious_interrupt_address())] {
-            let gate = GateDescriptor(handler: UInt64(handler), selector: GlobalDescriptorTableLayout.kernelCodeSelector, interruptStack: 0)
-            table.storeBytes(of: gate.low, toByteOffset: vector * 16, as: UInt64.self)
-            table.storeBytes(of: gate.high, toByteOffset: vector * 16 + 8, as: UInt64.self)
-        }
-    }
-
     /// Runs `work(argument)` on CPU `index` (an AP): waits until its mailbox
     /// is empty, posts, and sends the wake-up IPI. Returns false for an
     /// index that is not an online AP.
@@ -233,7 +192,7 @@ public enum Processors {
         volatileStore(&block.pointee.mailboxArgument, argument)
         volatileStore(&block.pointee.mailboxWork, UInt64(UInt(bitPattern: unsafeBitCast(work, to: UnsafeRawPointer.self))))
         cpu_memory_barrier()
-        localAPIC.send(.fixed(apicID: UInt32(block.pointee.apicID), vector: wakeVector))
+        localAPIC?.send(.wakeUp(apicID: UInt32(block.pointee.apicID)))
         return true
     }
 
@@ -241,7 +200,7 @@ public enum Processors {
     /// already claimed and halts without a report.
     static func haltOthers() {
         guard onlineCount > 1 else { return }
-        localAPIC.send(.nonMaskableToAllOthers)
+        localAPIC?.send(.nonMaskableToAllOthers)
     }
 
     /// Work items CPU `index` has finished.
@@ -276,7 +235,9 @@ public func applicationProcessorMain(_ index: UInt32) -> Never {
     PlatformCore.loadDescriptorTables(Processors.preparedTables[Int(index) - 1])
     cpu_load_idt(UInt64(bmk_idt_address()), UInt16(256 * 16 - 1))
     cpu_wrmsr(0xC000_0101, block.pointee.selfAddress)
-    Processors.localAPIC.enable()
+    // This CPU's own APIC, in the boot CPU's mode (xAPIC or x2APIC).
+    let apic = LocalAPIC(x2APIC: Processors.localAPIC?.isX2APIC ?? false)
+    apic.enable(spuriousVector: InterruptVectors.spurious, errorVector: InterruptVectors.apicError)
     volatileStore(&block.pointee.online, 1)
     cpu_memory_barrier()
     while true {
@@ -285,7 +246,7 @@ public func applicationProcessorMain(_ index: UInt32) -> Never {
         if work == 0 {
             // STI's one-instruction shadow: the wake-up IPI cannot slip in
             // between the check and HLT.
-            cpu_enable_interrupts_and_halt()
+            cpu_idle_enable_interrupts_and_halt()
             continue
         }
         cpu_enable_interrupts()
@@ -304,51 +265,24 @@ extension Processors {
     /// AP. A machine without ACPI or without a MADT runs on the boot
     /// processor alone (said on the console).
     static func startAll() {
-        let bootAPICID = localAPIC.id
-        guard let madt = readMADT() else {
-            setUpBootProcessor(apicID: bootAPICID)
+        guard let apic = localAPIC, let madt = Platform.firmware.madt else {
+            setUpBootProcessor(apicID: localAPIC?.id ?? 0)
             return
         }
-        let plan = ProcessorStartupPlan(processors: madt.processors, bootAPICID: localAPIC.id, limit: limit)
-        let rate = PlatformCore.calibrateTSCWithPIT(milliseconds: 10).map { $0.ticks(nanoseconds: 1000) } ?? 3000
+        let plan = ProcessorStartupPlan(processors: madt.processors, bootAPICID: apic.id, limit: limit, x2APIC: apic.isX2APIC)
+        // The start-up delays need the TSC rate (the clock calibrates once).
+        SystemClock.start()
         do throws(ProcessorStartupError) {
-            _ = try start(plan: plan, localAPICAddress: madt.localAPICAddress, tscPerMicrosecond: rate)
+            _ = try start(plan: plan, tscPerMicrosecond: SystemClock.tscFrequency / 1_000_000)
         } catch {
             Platform.write("rumprun: application processors not started: ")
             switch error {
             case .noTrampolinePage: Platform.write("no usable page below 640 KiB for the trampoline")
+            case .noLocalAPIC: Platform.write("no local APIC")
             case .pageTablesAbove4GiB: Platform.write("the kernel page tables lie above 4 GiB")
             case .memory: Platform.write("out of memory for stacks and descriptor tables")
             }
             Platform.write("\n")
-        }
-    }
-
-    /// The MADT through the RSDP from boot info or the BIOS areas, after
-    /// mapping reserved memory between 1 MiB and the device window read-only
-    /// (SeaBIOS keeps its ACPI tables there).
-    static func readMADT() -> MultipleAPICDescriptionTable? {
-        if let regions = Platform.boot?.memoryRegions {
-            for region in regions where region.kind == .reserved || region.kind == .acpiNonVolatile {
-                let start = max(region.start, 0x10_0000) & ~(PageSize.small - 1)
-                let end = min((region.end + PageSize.small - 1) & ~(PageSize.small - 1), Platform.deviceWindowStart)
-                guard start < end else { continue }
-                do throws(PageTableError) {
-                    try Platform.pageTables!.identityMap(
-                        PhysicalRange(start: PhysicalAddress(start), end: PhysicalAddress(end)),
-                        attributes: .readOnly, excluding: nil, allocator: &Platform.heap!.pages.allocator)
-                } catch {
-                    continue
-                }
-            }
-        }
-        let memory = IdentityMappedMemory()
-        guard let rsdp = Platform.boot?.rsdpAddress ?? ACPITables.findRSDP(memory: memory) else { return nil }
-        do throws(FirmwareTableError) {
-            return try ACPITables(memory: memory, rsdpAddress: rsdp).madt()
-        } catch {
-            Platform.write("rumprun: ACPI tables unreadable; running on one CPU\n")
-            return nil
         }
     }
 }

@@ -3,8 +3,7 @@
 // GuestProcessors.swift.
 //
 // Facts: ACPI 6.5 §5.2.12.2 and §5.2.12.12 (Local APIC and x2APIC entries,
-// Enabled and Online Capable flags); Intel SDM vol. 3A §10.6.1 (ICR layout),
-// §8.4.4.1 (INIT-SIPI-SIPI: INIT, 10 ms, STARTUP, 200 us, STARTUP).
+// Enabled and Online Capable flags); Intel SDM vol. 3A §8.4.4.1 (INIT-SIPI-SIPI: INIT, 10 ms, STARTUP, 200 us, STARTUP).
 
 /// One processor the platform will try to start.
 public struct ProcessorSlot: Equatable, Sendable {
@@ -74,49 +73,28 @@ public struct ProcessorStartupPlan: Equatable, Sendable {
     }
 }
 
-/// An interprocessor interrupt as the xAPIC interrupt command register
-/// takes it: destination in ICR high bits 24–31, command in ICR low.
-public struct InterProcessorInterrupt: Equatable, Sendable {
-    public var destination: UInt32
-    public var command: UInt32
-
-    /// ICR high word for xAPIC mode.
-    public var high: UInt32 { destination << 24 }
-
-    static let levelAssert: UInt32 = 1 << 14
-    static let deliveryFixed: UInt32 = 0 << 8
-    static let deliveryNMI: UInt32 = 4 << 8
-    static let deliveryINIT: UInt32 = 5 << 8
-    static let deliverySTARTUP: UInt32 = 6 << 8
-    /// ICR low bit 12: set while the local APIC is still sending.
-    public static let deliveryPending: UInt32 = 1 << 12
-
+/// The interprocessor interrupts of start-up and shutdown, as ICR values
+/// (the interrupt layer's `InterruptCommand`).
+extension InterruptCommand {
     /// INIT, level assert: resets the target into wait-for-SIPI.
-    public static func initialize(apicID: UInt32) -> InterProcessorInterrupt {
-        InterProcessorInterrupt(destination: apicID, command: deliveryINIT | levelAssert)
+    public static func initialize(apicID: UInt32) -> InterruptCommand {
+        InterruptCommand(vector: 0, deliveryMode: .initialize, destination: apicID)
     }
 
-    /// STARTUP: the target begins in real mode at `page` << 12. The page must
-    /// lie below 1 MiB (`page` < 0x100) and not be 0xA0–0xBF (VGA window).
-    public static func startup(apicID: UInt32, page: UInt8) -> InterProcessorInterrupt {
-        InterProcessorInterrupt(destination: apicID, command: deliverySTARTUP | levelAssert | UInt32(page))
+    /// STARTUP: the target begins in real mode at `page` << 12 (a page below
+    /// 1 MiB, outside the VGA window 0xA0–0xBF).
+    public static func startup(apicID: UInt32, page: UInt8) -> InterruptCommand {
+        InterruptCommand(vector: page, deliveryMode: .startup, destination: apicID)
     }
 
-    /// A fixed-vector interrupt (vectors 32–255).
-    public static func fixed(apicID: UInt32, vector: UInt8) -> InterProcessorInterrupt {
-        precondition(vector >= 32, "fixed IPIs use vectors 32-255")
-        return InterProcessorInterrupt(destination: apicID, command: deliveryFixed | levelAssert | UInt32(vector))
+    /// The wake-up IPI that ends a halted CPU's HLT.
+    public static func wakeUp(apicID: UInt32) -> InterruptCommand {
+        InterruptCommand(vector: InterruptVectors.wakeup, destination: apicID)
     }
 
-    /// A non-maskable interrupt to every CPU but the sender (destination
-    /// shorthand 11b, ICR bits 18-19): how a panicking CPU stops the others.
-    public static var nonMaskableToAllOthers: InterProcessorInterrupt {
-        InterProcessorInterrupt(destination: 0, command: 3 << 18 | deliveryNMI | levelAssert)
-    }
-
-    /// A non-maskable interrupt (vector field ignored).
-    public static func nonMaskable(apicID: UInt32) -> InterProcessorInterrupt {
-        InterProcessorInterrupt(destination: apicID, command: deliveryNMI | levelAssert)
+    /// An NMI to every CPU but the sender: how a panicking CPU stops the others.
+    public static var nonMaskableToAllOthers: InterruptCommand {
+        InterruptCommand(vector: 0, deliveryMode: .nmi, shorthand: .allExcludingSelf)
     }
 }
 

@@ -21,19 +21,6 @@ static inline void bmk_ap_prepare(uint64_t stack_top, uint32_t cpu_index) {
     __asm__ volatile("" ::: "memory");
 }
 
-/// STI; HLT: the interrupt shadow of STI keeps an interrupt from arriving
-/// between the two, so a wake-up sent after the caller's last check ends
-/// the HLT instead of being taken before it.
-static inline void cpu_enable_interrupts_and_halt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
-
-/// Interrupt gates in ap_trampoline.S: the wake-up IPI (EOI through
-/// bmk_lapic_eoi_register, then IRET) and the spurious vector (IRET only).
-extern char bmk_wake_ipi[], bmk_spurious_interrupt[];
-extern volatile uint64_t bmk_lapic_eoi_register;
-static inline void bmk_set_lapic_eoi_register(uint64_t address) { bmk_lapic_eoi_register = address; }
-static inline uintptr_t bmk_wake_ipi_address(void) { return (uintptr_t)bmk_wake_ipi; }
-static inline uintptr_t bmk_spurious_interrupt_address(void) { return (uintptr_t)bmk_spurious_interrupt; }
-
 /// The 64-bit word at GS:offset (the per-CPU block's fields).
 static inline uint64_t cpu_gs_load64(uint32_t offset) {
     uint64_t v;
