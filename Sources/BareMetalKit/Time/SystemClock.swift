@@ -40,6 +40,9 @@ public enum SystemClock {
     nonisolated(unsafe) static var wallUnavailable = false
     nonisolated(unsafe) static var centuryRegister: UInt8 = 0
     nonisolated(unsafe) static var rtcAbsent = false
+    /// TSC when calibration began and ended (boot-time accounting).
+    nonisolated(unsafe) public private(set) static var calibrationStartTSC: UInt64 = 0
+    nonisolated(unsafe) public private(set) static var calibrationEndTSC: UInt64 = 0
 
     /// Calibration window of the PIT and HPET methods (TCG needs ≥ 50 ms
     /// for a stable figure; see Docs/hw-platform-core.md).
@@ -49,6 +52,8 @@ public enum SystemClock {
     /// tried when none answers. Prints nothing on success.
     public static func start() {
         guard counter == nil else { return }
+        calibrationStartTSC = cpu_rdtsc()
+        defer { calibrationEndTSC = cpu_rdtsc() }
         let cpu = CPUInformation(source: HardwareCPUID())
         let firmware = FirmwareFacts.read()
         centuryRegister = firmware.century
