@@ -1,4 +1,4 @@
-#!/bin/sh
+#!/bin/bash
 # Benchmarks/platform/run.sh: bakes the platform benchmark guest
 # (Benchmarks/platform/guest) and boots it with rumprun-cli, printing the
 # guest's figures (context switch, create+join, malloc/free, timer wake-up,

@@ -12,9 +12,11 @@ let frequency = Clock.tscFrequency
 
 func nanoseconds(_ ticks: UInt64) -> UInt64 { ticks &* 1_000_000_000 / frequency }
 
-/// Nanoseconds ×100 per iteration, printed with two decimals.
+/// Nanoseconds per iteration with two decimals (ticks per iteration ×100
+/// first, so no product overflows 64 bits for runs under ~10^9 s).
 func perIteration(_ ticks: UInt64, _ iterations: Int) -> String {
-    let hundredths = ticks &* 100_000_000_000 / frequency / UInt64(iterations)
+    let hundredthsOfTicks = ticks &* 100 / UInt64(iterations)
+    let hundredths = hundredthsOfTicks &* 1_000_000_000 / frequency
     let fraction = hundredths % 100
     return "\(hundredths / 100).\(fraction < 10 ? "0" : "")\(fraction)"
 }
@@ -39,6 +41,10 @@ print("bench: boot-to-main: \(nanoseconds(mainEntryTSC &- boot) / 1000) us, of w
 
 // Context switch: two threads yielding to each other; each yield is one switch.
 do {
+    let lonelyStart = cpu_rdtsc()
+    for _ in 0..<20_000 { Thread.yield() }
+    report("yield without a switch, before any other thread existed", cpu_rdtsc() &- lonelyStart, 20_000, baseline: emptyLoop(20_000))
+
     let rounds = 20_000
     var ready = 0
     let partner = Thread.spawn {
