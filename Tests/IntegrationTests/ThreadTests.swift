@@ -1,6 +1,7 @@
 // Integration: the threads guest (Tests/Guests/threads) under QEMU TCG on
 // microvm and pc: join values, condvar timed wait, TLS, sleep, mutex,
-// semaphore and rwlock counts, block/wake, priorities, clocks; and stack
+// semaphore and rwlock counts, block/wake, priorities, clocks (every TSC
+// calibration source the machine offers cross-checked); and stack
 // overflows (in a thread and in main) that must hit the guard page.
 import Foundation
 import Testing
@@ -63,6 +64,19 @@ extension Integration {
         let clock = try #require(lines.first { $0.hasPrefix("clock: source ") })
         let megahertz = try #require(Self.number(after: "tsc ", in: clock))
         #expect(megahertz > 100 && megahertz < 20_000, "\(clock)")
+        // Every timer source the machine has agrees with the one chosen
+        // (within 3 %): PIT channel 0 on both, channel 2 and the HPET
+        // (from the ACPI HPET table) on pc only.
+        let expectedSources = machine == "pc" ? ["PIT channel 0", "PIT channel 2", "HPET"] : ["PIT channel 0"]
+        for source in ["PIT channel 0", "PIT channel 2", "HPET"] {
+            let line = try #require(lines.first { $0.hasPrefix("clock: cross-check \(source): ") }, "console:\n\(run.stdout)")
+            if expectedSources.contains(source) {
+                let measured = try #require(Self.number(after: "\(source): ", in: line), "\(line)")
+                #expect(measured * 100 > megahertz * 97 && measured * 100 < megahertz * 103, "\(line) vs \(clock)")
+            } else {
+                #expect(line.hasSuffix("absent"), "\(line)")
+            }
+        }
         let wall = try #require(Self.number(after: "wall ", in: clock))
         #expect(wall + 600 > hostTime && wall < hostTime + 600, "\(clock) vs host \(hostTime)")
         #expect(run.status == 0, "stderr: \(run.stderr)")

@@ -85,6 +85,30 @@ public enum SystemClock {
         }
     }
 
+    /// Measures the TSC frequency (Hz) with one source, without changing
+    /// the clock (cross-checks in tests; PIT and HPET take 50 ms each).
+    /// Nil when that source does not answer on this machine.
+    public static func measureTSCFrequency(with source: ClockSource) -> UInt64? {
+        let scale: TickScale?
+        switch source {
+        case .kvmclock:
+            scale = CPUInformation(source: HardwareCPUID()).hasKVMClock ? kvmclockScale() : nil
+        case .cpuidCrystal:
+            scale = crystalFrequency(CPUInformation(source: HardwareCPUID())).flatMap { TickScale(ticksPerSecond: $0) }
+        case .pitChannel0:
+            scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds)
+        case .pitChannel2:
+            scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds)
+        case .hpet:
+            scale = FirmwareFacts.read().hpetBase.flatMap { calibrateWithHPET(base: $0, milliseconds: calibrationMilliseconds) }
+        case .cpuidNominal:
+            let cpu = CPUInformation(source: HardwareCPUID())
+            let mhz = cpu.maximumLeaf >= 0x16 ? HardwareCPUID().cpuid(leaf: 0x16, subleaf: 0).eax & 0xFFFF : 0
+            scale = mhz == 0 ? nil : TickScale(ticksPerSecond: UInt64(mhz) * 1_000_000)
+        }
+        return scale?.ticksPerSecond
+    }
+
     /// Nanoseconds since the image's first instruction.
     public static var monotonicNanoseconds: UInt64 {
         guard let counter else { return 0 }
@@ -266,11 +290,27 @@ struct FirmwareFacts {
     }
 }
 
-/// Physical memory below 4 GiB that the live page tables map (identity).
+/// Physical memory below the device window as the live page tables map it
+/// (identity). Firmware tables often sit in E820-reserved memory, which the
+/// kernel tables leave unmapped: such a page is mapped read-only+NX on
+/// first touch (and stays mapped). Nil for the null page, the device
+/// window, and pages that cannot be mapped.
 struct MappedMemory: PhysicalMemoryReader {
     func loadByte(at address: UInt64) -> UInt8? {
-        guard address >= 0x1000, address < 0x1_0000_0000 else { return nil }
-        if let tables = Platform.pageTables, tables.translate(VirtualAddress(address)) == nil { return nil }
+        guard address >= 0x1000, address < Platform.deviceWindowStart else { return nil }
+        if Platform.pageTables != nil, Platform.heap != nil,
+            Platform.pageTables!.translate(VirtualAddress(address)) == nil
+        {
+            let page = address & ~UInt64(0xFFF)
+            do throws(PageTableError) {
+                try Platform.pageTables!.map(
+                    VirtualAddress(page), to: PhysicalAddress(page), attributes: .readOnly,
+                    allocator: &Platform.heap!.pages.allocator)
+            } catch {
+                return nil
+            }
+            cpu_invalidate_page(page)
+        }
         return cpu_load8(UInt(address))
     }
 }

@@ -307,6 +307,9 @@ func testClocks() {
     check(backwards == 0 && previous > first, "clock: monotonic never went backwards")
     let wall = Clock.wall
     print("clock: source \(Clock.sourceName), tsc \(Clock.tscFrequency / 1_000_000) MHz, wall \(wall / 1_000_000_000)")
+    for (name, hertz) in Clock.crossCheck() {
+        print("clock: cross-check \(name): " + (hertz.map { "\($0 / 1_000_000) MHz" } ?? "absent"))
+    }
 }
 
 let arguments = Rumprun.arguments
