@@ -65,14 +65,18 @@ extension Integration {
         let megahertz = try #require(Self.number(after: "tsc ", in: clock))
         #expect(megahertz > 100 && megahertz < 20_000, "\(clock)")
         // Every timer source the machine has agrees with the one chosen
-        // (within 3 %): PIT channel 0 on both, channel 2 and the HPET
+        // (within 3 %, channel 2 within 10 %): PIT channel 0 on both, channel 2 and the HPET
         // (from the ACPI HPET table) on pc only.
         let expectedSources = machine == "pc" ? ["PIT channel 0", "PIT channel 2", "HPET"] : ["PIT channel 0"]
         for source in ["PIT channel 0", "PIT channel 2", "HPET"] {
             let line = try #require(lines.first { $0.hasPrefix("clock: cross-check \(source): ") }, "console:\n\(run.stdout)")
             if expectedSources.contains(source) {
                 let measured = try #require(Self.number(after: "\(source): ", in: line), "\(line)")
-                #expect(measured * 100 > megahertz * 97 && measured * 100 < megahertz * 103, "\(line) vs \(clock)")
+                // Channel 2 polls OUT2 through port 0x61: a delayed poll
+                // (TCG on a loaded host) counts extra TSC ticks, so it may
+                // read a few per cent high; the others bracket their samples.
+                let tolerance: UInt64 = source == "PIT channel 2" ? 10 : 3
+                #expect(measured * 100 > megahertz * (100 - tolerance) && measured * 100 < megahertz * (100 + tolerance), "\(line) vs \(clock)")
             } else {
                 #expect(line.hasSuffix("absent"), "\(line)")
             }

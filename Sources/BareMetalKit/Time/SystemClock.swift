@@ -183,55 +183,58 @@ public enum SystemClock {
         return UInt64(leaf.ecx) * UInt64(leaf.ebx) / UInt64(leaf.eax)
     }
 
-    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with
-    /// the counter-latch command between two TSC reads: (count, TSC at the
-    /// bracket's middle) pairs at both ends of a `milliseconds` window, each
-    /// the tightest of several tries, so slow port I/O (TCG, a loaded host)
-    /// widens no measurement. Works without port 0x61 (microvm). Nil when
-    /// no PIT answers.
+    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with the
+    /// read-back command (count and status latched together) between two
+    /// TSC reads: (ticks since programming, TSC at the bracket's middle)
+    /// pairs at both ends of a `milliseconds` window, each the tightest of
+    /// several tries, so slow port I/O (TCG, a loaded host) widens no
+    /// measurement. The status's OUT bit says whether the count already
+    /// passed zero (OUT rises at terminal count and stays high), so one
+    /// wrap is accounted for and a delayed poll costs no retry. Works
+    /// without port 0x61 (microvm). Nil when no PIT answers.
     static func calibrateWithPITChannel0(milliseconds: UInt32) -> TickScale? {
         let window = UInt64(1_193_182) * UInt64(min(milliseconds, 50)) / 1000
-        func sample() -> (count: UInt64, tsc: UInt64, width: UInt64) {
+        let initial: UInt64 = 0xFFFF
+        func sample() -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
             let before = cpu_rdtsc()
-            cpu_outb(0x43, 0x00)  // counter latch, channel 0
+            cpu_outb(0x43, 0xC2)  // read-back: latch count and status, channel 0
             let after = cpu_rdtsc()
+            let status = cpu_inb(0x40)
             let low = UInt64(cpu_inb(0x40))
             let high = UInt64(cpu_inb(0x40))
-            return (high << 8 | low, before &+ (after &- before) / 2, after &- before)
+            // Access lobyte/hibyte, mode 0, binary; a missing PIT reads 0xFF.
+            guard status & 0x3F == 0x30 else { return nil }
+            let count = high << 8 | low
+            let elapsed = status & 0x80 == 0 ? initial - min(count, initial) : initial + ((0x1_0000 - count) & 0xFFFF)
+            return (elapsed, before &+ (after &- before) / 2, after &- before)
         }
-        func tightest(_ tries: Int) -> (count: UInt64, tsc: UInt64, width: UInt64) {
-            var best = sample()
+        func tightest(_ tries: Int) -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
+            guard var best = sample() else { return nil }
             for _ in 1..<tries {
-                let next = sample()
+                guard let next = sample() else { return nil }
                 if next.width < best.width { best = next }
             }
             return best
         }
-        for _ in 0..<4 {
+        for _ in 0..<8 {
             cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
-            cpu_outb(0x40, 0xFF)
-            cpu_outb(0x40, 0xFF)
-            // The read-back status echoes the programmed mode (access 11,
-            // mode 000); a missing PIT reads 0xFF.
-            cpu_outb(0x43, 0xE2)
-            guard cpu_inb(0x40) & 0x3F == 0x30 else { return nil }
-            let first = tightest(8)
-            guard first.count > window + 0x800 else { continue }
-            var previous = first.count
+            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial))
+            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial >> 8))
+            guard let first = tightest(8) else { return nil }
+            var previous = first.elapsed
             var spins: UInt64 = 0
-            var wrapped = false
+            var consistent = true
             while true {
-                let now = sample()
-                if now.count > previous { wrapped = true; break }  // passed zero: too slow, retry
-                previous = now.count
-                if first.count - now.count >= window { break }
+                guard let now = sample() else { return nil }
+                // Going backwards: a second wrap (a poll delayed > 55 ms); retry.
+                if now.elapsed < previous { consistent = false; break }
+                previous = now.elapsed
+                if now.elapsed - first.elapsed >= window { break }
                 spins += 1
                 if spins > 50_000_000 { return nil }
             }
-            if wrapped { continue }
-            let last = tightest(8)
-            guard last.count <= previous, first.count > last.count else { continue }
-            let ticks = first.count - last.count
+            guard consistent, let last = tightest(8), last.elapsed >= previous, last.elapsed < initial + 0x1_0000 else { continue }
+            let ticks = last.elapsed - first.elapsed
             return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: ticks * 1_000_000_000 / 1_193_182)
         }
         return nil
