@@ -437,6 +437,10 @@ public enum ThreadLocalStorage {
     /// Where the scratch word lives for this thread (inside its TLS block).
     public static var scratchAddress: UInt64 { bmk_tls_scratch_address() }
 
+    /// Whether FS base is written with WRFSBASE (CR4.FSGSBASE set at
+    /// boot) rather than WRMSR IA32_FS_BASE.
+    public static var usesFSGSBaseInstructions: Bool { ThreadRuntime.useFSGSBaseInstructions }
+
     /// Size of the TLS segment (.tdata + .tbss) of the image.
     public static var segmentSize: UInt64 { ThreadRuntime.tlsLayout.memorySize }
 }

@@ -117,6 +117,7 @@ func testThreadLocalStorage() {
     check(bad == 0 && key.value == 999, "tls: 10 threads x 1000 yields kept their values (mismatches \(bad))")
     check(ThreadLocalStorage.segmentSize > 0 && ThreadLocalStorage.threadPointer & 63 == 0,
           "tls: segment \(ThreadLocalStorage.segmentSize) bytes, thread pointer aligned")
+    print("tls: FS base written with " + (ThreadLocalStorage.usesFSGSBaseInstructions ? "wrfsbase" : "wrmsr"))
 }
 
 // MARK: sleep accuracy
