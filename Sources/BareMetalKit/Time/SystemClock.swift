@@ -47,6 +47,9 @@ public enum SystemClock {
     /// Calibration window of the PIT and HPET methods (TCG needs ≥ 50 ms
     /// for a stable figure; see Docs/hw-platform-core.md).
     static var calibrationMilliseconds: UInt32 { 50 }
+    /// PIT channel 0's bracketed samples do not depend on polling speed,
+    /// so a shorter window keeps the same precision (bracket width / window).
+    static var bracketedCalibrationMilliseconds: UInt32 { 20 }
 
     /// Calibrates the TSC; stops the guest with a panic naming every source
     /// tried when none answers. Prints nothing on success.
@@ -65,7 +68,7 @@ public enum SystemClock {
         } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .cpuidCrystal
-        } else if let scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds) {
+        } else if let scale = calibrateWithPITChannel0(milliseconds: bracketedCalibrationMilliseconds) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .pitChannel0
         } else if let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds) {
@@ -96,7 +99,7 @@ public enum SystemClock {
         case .cpuidCrystal:
             scale = crystalFrequency(CPUInformation(source: HardwareCPUID())).flatMap { TickScale(ticksPerSecond: $0) }
         case .pitChannel0:
-            scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds)
+            scale = calibrateWithPITChannel0(milliseconds: bracketedCalibrationMilliseconds)
         case .pitChannel2:
             scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds)
         case .hpet:
@@ -137,24 +140,32 @@ public enum SystemClock {
             wallUnavailable = true
             return
         }
-        do throws(RealTimeClockError) {
-            // Wait for a seconds edge so the reading is exact to the TSC's precision.
-            let first = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
-            var seconds = first
-            var spins = 0
-            while seconds == first && spins < 2_000_000 {
-                seconds = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
-                spins += 1
+        // A read can fail transiently (an update in progress during every
+        // try of CMOSRealTimeClock.read on a loaded host, or a torn value):
+        // retry; only 20 failures in a row mean there is no usable RTC.
+        func read() -> Int64? {
+            for _ in 0..<20 {
+                do throws(RealTimeClockError) {
+                    return try PlatformCore.readWallClock(centuryRegister: centuryRegister)
+                } catch {
+                    continue
+                }
             }
-            let now = monotonicNanoseconds
-            guard seconds >= 0 else {
-                wallUnavailable = true
-                return
-            }
-            wallOrigin = (UInt64(seconds) &* 1_000_000_000, now)
-        } catch {
-            wallUnavailable = true
+            return nil
         }
+        guard let first = read(), first >= 0 else {
+            wallUnavailable = true
+            return
+        }
+        // Wait for the seconds edge so the reading is exact to the TSC's
+        // precision; give up after about 1.5 s of monotonic time.
+        let limit = monotonicNanoseconds &+ 1_500_000_000
+        var seconds = first
+        while seconds == first && monotonicNanoseconds < limit {
+            seconds = read() ?? seconds
+        }
+        let now = monotonicNanoseconds
+        wallOrigin = (UInt64(seconds) &* 1_000_000_000, now)
     }
 
     // MARK: Sources
