@@ -310,12 +310,16 @@ struct FirmwareFacts {
 /// first touch (and stays mapped). Nil for the null page, the device
 /// window, and pages that cannot be mapped.
 struct MappedMemory: PhysicalMemoryReader {
+    /// The last page found mapped (a page walk per byte made ACPI parsing
+    /// cost tens of milliseconds under TCG).
+    nonisolated(unsafe) static var lastMappedPage: UInt64 = 0
+
     func loadByte(at address: UInt64) -> UInt8? {
         guard address >= 0x1000, address < Platform.deviceWindowStart else { return nil }
-        if Platform.pageTables != nil, Platform.heap != nil,
+        let page = address & ~UInt64(0xFFF)
+        if page != Self.lastMappedPage, Platform.pageTables != nil, Platform.heap != nil,
             Platform.pageTables!.translate(VirtualAddress(address)) == nil
         {
-            let page = address & ~UInt64(0xFFF)
             do throws(PageTableError) {
                 try Platform.pageTables!.map(
                     VirtualAddress(page), to: PhysicalAddress(page), attributes: .readOnly,
@@ -325,6 +329,7 @@ struct MappedMemory: PhysicalMemoryReader {
             }
             cpu_invalidate_page(page)
         }
+        Self.lastMappedPage = page
         return cpu_load8(UInt(address))
     }
 }
