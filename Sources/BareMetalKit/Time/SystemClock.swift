@@ -251,7 +251,9 @@ public enum SystemClock {
         return nil
     }
 
-    /// The TSC against the HPET main counter over `milliseconds`.
+    /// The TSC against the HPET main counter over `milliseconds`: counter
+    /// reads bracketed by two TSC reads, the tightest of 8 at each end (as
+    /// for PIT channel 0), so slow MMIO exits do not skew the result.
     static func calibrateWithHPET(base: UInt64, milliseconds: UInt32) -> TickScale? {
         let capabilities = cpu_load64(UInt(base))
         let period = capabilities >> 32  // femtoseconds per tick
@@ -261,18 +263,29 @@ public enum SystemClock {
             (UnsafeMutablePointer<UInt64>(bitPattern: UInt(base + 0x10))!).pointee = configuration | 1
         }
         let ticksNeeded = UInt64(milliseconds) * 1_000_000_000_000 / period
-        let counterStart = cpu_load64(UInt(base + 0xF0))
-        let start = cpu_rdtsc()
+        func sample() -> (counter: UInt64, tsc: UInt64, width: UInt64) {
+            let before = cpu_rdtsc()
+            let counter = cpu_load64(UInt(base + 0xF0))
+            let after = cpu_rdtsc()
+            return (counter, before &+ (after &- before) / 2, after &- before)
+        }
+        func tightest() -> (counter: UInt64, tsc: UInt64, width: UInt64) {
+            var best = sample()
+            for _ in 1..<8 {
+                let next = sample()
+                if next.width < best.width { best = next }
+            }
+            return best
+        }
+        let first = tightest()
         var spins: UInt64 = 0
-        var counterNow = counterStart
-        while counterNow &- counterStart < ticksNeeded {
-            counterNow = cpu_load64(UInt(base + 0xF0))
+        while cpu_load64(UInt(base + 0xF0)) &- first.counter < ticksNeeded {
             spins += 1
             if spins > 100_000_000 { return nil }
         }
-        let end = cpu_rdtsc()
-        let nanoseconds = (counterNow &- counterStart) &* period / 1_000_000
-        return TickScale(ticks: end &- start, overNanoseconds: nanoseconds)
+        let last = tightest()
+        let nanoseconds = (last.counter &- first.counter) &* period / 1_000_000
+        return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: nanoseconds)
     }
 }
 
