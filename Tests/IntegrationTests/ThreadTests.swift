@@ -66,7 +66,7 @@ extension Integration {
         let megahertz = try #require(Self.number(after: "tsc ", in: clock))
         #expect(megahertz > 100 && megahertz < 20_000, "\(clock)")
         // Every timer source the machine has agrees with the one chosen
-        // (within 3 %, channel 2 within 10 %): PIT channel 0 on both, channel 2 and the HPET
+        // (within 3 %; channel 2, which polls, only roughly): PIT channel 0 on both, channel 2 and the HPET
         // (from the ACPI HPET table) on pc only.
         let expectedSources = machine == "pc" ? ["PIT channel 0", "PIT channel 2", "HPET"] : ["PIT channel 0"]
         for source in ["PIT channel 0", "PIT channel 2", "HPET"] {
@@ -74,9 +74,11 @@ extension Integration {
             if expectedSources.contains(source) {
                 let measured = try #require(Self.number(after: "\(source): ", in: line), "\(line)")
                 // Channel 2 polls OUT2 through port 0x61: a delayed poll
-                // (TCG on a loaded host) counts extra TSC ticks, so it may
-                // read a few per cent high; the others bracket their samples.
-                let tolerance: UInt64 = source == "PIT channel 2" ? 10 : 3
+                // (TCG on a loaded host) counts extra TSC ticks, so it can
+                // read high by however long the host held the vCPU back:
+                // only a sanity bound. Channel 0 and the HPET bracket their
+                // samples with TSC reads and must agree within 3 %.
+                let tolerance: UInt64 = source == "PIT channel 2" ? 50 : 3
                 #expect(measured * 100 > megahertz * (100 - tolerance) && measured * 100 < megahertz * (100 + tolerance), "\(line) vs \(clock)")
             } else {
                 #expect(line.hasSuffix("absent"), "\(line)")
