@@ -313,6 +313,7 @@ struct FirmwareFacts {
                 facts.hpetBase = hpet.baseAddress.address
             }
         } catch {}
+        MappedMemory.unmapTemporaryPages()
         return facts
     }
 }
@@ -320,12 +321,28 @@ struct FirmwareFacts {
 /// Physical memory below the device window as the live page tables map it
 /// (identity). Firmware tables often sit in E820-reserved memory, which the
 /// kernel tables leave unmapped: such a page is mapped read-only+NX on
-/// first touch (and stays mapped). Nil for the null page, the device
+/// first touch, until `unmapTemporaryPages`. Nil for the null page, the device
 /// window, and pages that cannot be mapped.
 struct MappedMemory: PhysicalMemoryReader {
     /// The last page found mapped (a page walk per byte made ACPI parsing
     /// cost tens of milliseconds under TCG).
     nonisolated(unsafe) static var lastMappedPage: UInt64 = 0
+    /// Pages this reader mapped; `unmapTemporaryPages` removes them again so
+    /// that whoever maps firmware memory for good later finds it unmapped.
+    nonisolated(unsafe) static var temporaryPages: [UInt64] = []
+
+    static func unmapTemporaryPages() {
+        for page in temporaryPages {
+            do throws(PageTableError) {
+                _ = try Platform.pageTables!.unmap(range: VirtualAddress(page), byteCount: PageSize.small, allocator: &Platform.heap!.pages.allocator)
+            } catch {
+                Platform.panic("clock: cannot unmap a firmware-table page again")
+            }
+            cpu_invalidate_page(page)
+        }
+        temporaryPages = []
+        lastMappedPage = 0
+    }
 
     func loadByte(at address: UInt64) -> UInt8? {
         guard address >= 0x1000, address < Platform.deviceWindowStart else { return nil }
@@ -341,6 +358,7 @@ struct MappedMemory: PhysicalMemoryReader {
                 return nil
             }
             cpu_invalidate_page(page)
+            Self.temporaryPages.append(page)
         }
         Self.lastMappedPage = page
         return cpu_load8(UInt(address))
