@@ -35,6 +35,14 @@ public enum Clock {
 
     /// The calibrated TSC frequency in Hz.
     public static var tscFrequency: UInt64 { SystemClock.tscFrequency }
+
+    /// The TSC frequency as each calibration source measures it now
+    /// (name, Hz; nil where the source does not answer). Takes up to
+    /// 50 ms per timer-based source.
+    public static func crossCheck() -> [(name: StaticString, hertz: UInt64?)] {
+        let sources: [ClockSource] = [.kvmclock, .cpuidCrystal, .pitChannel0, .pitChannel2, .hpet, .cpuidNominal]
+        return sources.map { ($0.name, SystemClock.measureTSCFrequency(with: $0)) }
+    }
     #else
     static func read(_ clock: clockid_t) -> UInt64 {
         var time = timespec()

@@ -155,9 +155,12 @@ public struct Scheduler {
         return nil
     }
 
-    /// The current thread goes to the back of its run queue.
+    /// The current thread goes to the back of its run queue. With no other
+    /// runnable thread of the same or a higher priority it keeps running
+    /// (and stays `current`): nothing to queue, nothing to switch.
     public mutating func yield() throws(SchedulerError) {
         let thread = try running()
+        guard let level = highestRunnableLevel(), level >= threads[thread.rawValue].priority else { return }
         threads[thread.rawValue].state = .runnable
         runQueues[threads[thread.rawValue].priority].append(thread)
         current = nil

@@ -56,8 +56,8 @@ struct ProcessorState {
     /// Interrupt flags of the critical section that switched to a new
     /// thread; that thread restores them when it starts.
     var switchFlags: UInt64 = 0
-    /// RSP of the boot stack once main's thread took over (never resumed).
-    var bootContext: UInt64 = 0
+    /// Where the boot stack's RSP went when main's thread took over (never resumed).
+    var bootContext: UnsafeMutablePointer<UInt64>? = nil
 }
 
 public enum ThreadRuntime {
@@ -114,7 +114,11 @@ public enum ThreadRuntime {
         processors[processorIndex].current = main
         processors[processorIndex].switchFlags = flags
         loadThreadPointer(main.threadPointer)
-        bmk_context_switch(&processors[processorIndex].bootContext, main.context.pointee)
+        // A word of its own for the boot stack's RSP: an inout access to
+        // `processors` here would never end (the switch does not return).
+        let bootContext = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+        processors[processorIndex].bootContext = bootContext
+        bmk_context_switch(bootContext, main.context.pointee)
         Platform.panic("threads: the boot stack was resumed")
     }
 
@@ -432,6 +436,10 @@ public enum ThreadLocalStorage {
 
     /// Where the scratch word lives for this thread (inside its TLS block).
     public static var scratchAddress: UInt64 { bmk_tls_scratch_address() }
+
+    /// Whether FS base is written with WRFSBASE (CR4.FSGSBASE set at
+    /// boot) rather than WRMSR IA32_FS_BASE.
+    public static var usesFSGSBaseInstructions: Bool { ThreadRuntime.useFSGSBaseInstructions }
 
     /// Size of the TLS segment (.tdata + .tbss) of the image.
     public static var segmentSize: UInt64 { ThreadRuntime.tlsLayout.memorySize }

@@ -40,15 +40,23 @@ public enum SystemClock {
     nonisolated(unsafe) static var wallUnavailable = false
     nonisolated(unsafe) static var centuryRegister: UInt8 = 0
     nonisolated(unsafe) static var rtcAbsent = false
+    /// TSC when calibration began and ended (boot-time accounting).
+    nonisolated(unsafe) public private(set) static var calibrationStartTSC: UInt64 = 0
+    nonisolated(unsafe) public private(set) static var calibrationEndTSC: UInt64 = 0
 
     /// Calibration window of the PIT and HPET methods (TCG needs ≥ 50 ms
     /// for a stable figure; see Docs/hw-platform-core.md).
     static var calibrationMilliseconds: UInt32 { 50 }
+    /// PIT channel 0's bracketed samples do not depend on polling speed,
+    /// so a shorter window keeps the same precision (bracket width / window).
+    static var bracketedCalibrationMilliseconds: UInt32 { 20 }
 
     /// Calibrates the TSC; stops the guest with a panic naming every source
     /// tried when none answers. Prints nothing on success.
     public static func start() {
         guard counter == nil else { return }
+        calibrationStartTSC = cpu_rdtsc()
+        defer { calibrationEndTSC = cpu_rdtsc() }
         let cpu = CPUInformation(source: HardwareCPUID())
         let firmware = FirmwareFacts.read()
         centuryRegister = firmware.century
@@ -60,7 +68,7 @@ public enum SystemClock {
         } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .cpuidCrystal
-        } else if let scale = calibrateWithPITChannel0(milliseconds: calibrationMilliseconds) {
+        } else if let scale = calibrateWithPITChannel0(milliseconds: bracketedCalibrationMilliseconds) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .pitChannel0
         } else if let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds) {
@@ -78,6 +86,30 @@ public enum SystemClock {
             Platform.panic(
                 "clock: no TSC calibration source answered (kvmclock, CPUID 0x15, PIT channel 0, PIT channel 2, HPET, CPUID 0x16)")
         }
+    }
+
+    /// Measures the TSC frequency (Hz) with one source, without changing
+    /// the clock (cross-checks in tests; PIT and HPET take 50 ms each).
+    /// Nil when that source does not answer on this machine.
+    public static func measureTSCFrequency(with source: ClockSource) -> UInt64? {
+        let scale: TickScale?
+        switch source {
+        case .kvmclock:
+            scale = CPUInformation(source: HardwareCPUID()).hasKVMClock ? kvmclockScale() : nil
+        case .cpuidCrystal:
+            scale = crystalFrequency(CPUInformation(source: HardwareCPUID())).flatMap { TickScale(ticksPerSecond: $0) }
+        case .pitChannel0:
+            scale = calibrateWithPITChannel0(milliseconds: bracketedCalibrationMilliseconds)
+        case .pitChannel2:
+            scale = PlatformCore.calibrateTSCWithPIT(milliseconds: calibrationMilliseconds)
+        case .hpet:
+            scale = FirmwareFacts.read().hpetBase.flatMap { calibrateWithHPET(base: $0, milliseconds: calibrationMilliseconds) }
+        case .cpuidNominal:
+            let cpu = CPUInformation(source: HardwareCPUID())
+            let mhz = cpu.maximumLeaf >= 0x16 ? HardwareCPUID().cpuid(leaf: 0x16, subleaf: 0).eax & 0xFFFF : 0
+            scale = mhz == 0 ? nil : TickScale(ticksPerSecond: UInt64(mhz) * 1_000_000)
+        }
+        return scale?.ticksPerSecond
     }
 
     /// Nanoseconds since the image's first instruction.
@@ -108,24 +140,32 @@ public enum SystemClock {
             wallUnavailable = true
             return
         }
-        do throws(RealTimeClockError) {
-            // Wait for a seconds edge so the reading is exact to the TSC's precision.
-            let first = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
-            var seconds = first
-            var spins = 0
-            while seconds == first && spins < 2_000_000 {
-                seconds = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
-                spins += 1
+        // A read can fail transiently (an update in progress during every
+        // try of CMOSRealTimeClock.read on a loaded host, or a torn value):
+        // retry; only 20 failures in a row mean there is no usable RTC.
+        func read() -> Int64? {
+            for _ in 0..<20 {
+                do throws(RealTimeClockError) {
+                    return try PlatformCore.readWallClock(centuryRegister: centuryRegister)
+                } catch {
+                    continue
+                }
             }
-            let now = monotonicNanoseconds
-            guard seconds >= 0 else {
-                wallUnavailable = true
-                return
-            }
-            wallOrigin = (UInt64(seconds) &* 1_000_000_000, now)
-        } catch {
-            wallUnavailable = true
+            return nil
         }
+        guard let first = read(), first >= 0 else {
+            wallUnavailable = true
+            return
+        }
+        // Wait for the seconds edge so the reading is exact to the TSC's
+        // precision; give up after about 1.5 s of monotonic time.
+        let limit = monotonicNanoseconds &+ 1_500_000_000
+        var seconds = first
+        while seconds == first && monotonicNanoseconds < limit {
+            seconds = read() ?? seconds
+        }
+        let now = monotonicNanoseconds
+        wallOrigin = (UInt64(seconds) &* 1_000_000_000, now)
     }
 
     // MARK: Sources
@@ -154,61 +194,66 @@ public enum SystemClock {
         return UInt64(leaf.ecx) * UInt64(leaf.ebx) / UInt64(leaf.eax)
     }
 
-    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with
-    /// the counter-latch command between two TSC reads: (count, TSC at the
-    /// bracket's middle) pairs at both ends of a `milliseconds` window, each
-    /// the tightest of several tries, so slow port I/O (TCG, a loaded host)
-    /// widens no measurement. Works without port 0x61 (microvm). Nil when
-    /// no PIT answers.
+    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with the
+    /// read-back command (count and status latched together) between two
+    /// TSC reads: (ticks since programming, TSC at the bracket's middle)
+    /// pairs at both ends of a `milliseconds` window, each the tightest of
+    /// several tries, so slow port I/O (TCG, a loaded host) widens no
+    /// measurement. The status's OUT bit says whether the count already
+    /// passed zero (OUT rises at terminal count and stays high), so one
+    /// wrap is accounted for and a delayed poll costs no retry. Works
+    /// without port 0x61 (microvm). Nil when no PIT answers.
     static func calibrateWithPITChannel0(milliseconds: UInt32) -> TickScale? {
         let window = UInt64(1_193_182) * UInt64(min(milliseconds, 50)) / 1000
-        func sample() -> (count: UInt64, tsc: UInt64, width: UInt64) {
+        let initial: UInt64 = 0xFFFF
+        func sample() -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
             let before = cpu_rdtsc()
-            cpu_outb(0x43, 0x00)  // counter latch, channel 0
+            cpu_outb(0x43, 0xC2)  // read-back: latch count and status, channel 0
             let after = cpu_rdtsc()
+            let status = cpu_inb(0x40)
             let low = UInt64(cpu_inb(0x40))
             let high = UInt64(cpu_inb(0x40))
-            return (high << 8 | low, before &+ (after &- before) / 2, after &- before)
+            // Access lobyte/hibyte, mode 0, binary; a missing PIT reads 0xFF.
+            guard status & 0x3F == 0x30 else { return nil }
+            let count = high << 8 | low
+            let elapsed = status & 0x80 == 0 ? initial - min(count, initial) : initial + ((0x1_0000 - count) & 0xFFFF)
+            return (elapsed, before &+ (after &- before) / 2, after &- before)
         }
-        func tightest(_ tries: Int) -> (count: UInt64, tsc: UInt64, width: UInt64) {
-            var best = sample()
+        func tightest(_ tries: Int) -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
+            guard var best = sample() else { return nil }
             for _ in 1..<tries {
-                let next = sample()
+                guard let next = sample() else { return nil }
                 if next.width < best.width { best = next }
             }
             return best
         }
-        for _ in 0..<4 {
+        for _ in 0..<8 {
             cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
-            cpu_outb(0x40, 0xFF)
-            cpu_outb(0x40, 0xFF)
-            // The read-back status echoes the programmed mode (access 11,
-            // mode 000); a missing PIT reads 0xFF.
-            cpu_outb(0x43, 0xE2)
-            guard cpu_inb(0x40) & 0x3F == 0x30 else { return nil }
-            let first = tightest(8)
-            guard first.count > window + 0x800 else { continue }
-            var previous = first.count
+            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial))
+            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial >> 8))
+            guard let first = tightest(8) else { return nil }
+            var previous = first.elapsed
             var spins: UInt64 = 0
-            var wrapped = false
+            var consistent = true
             while true {
-                let now = sample()
-                if now.count > previous { wrapped = true; break }  // passed zero: too slow, retry
-                previous = now.count
-                if first.count - now.count >= window { break }
+                guard let now = sample() else { return nil }
+                // Going backwards: a second wrap (a poll delayed > 55 ms); retry.
+                if now.elapsed < previous { consistent = false; break }
+                previous = now.elapsed
+                if now.elapsed - first.elapsed >= window { break }
                 spins += 1
                 if spins > 50_000_000 { return nil }
             }
-            if wrapped { continue }
-            let last = tightest(8)
-            guard last.count <= previous, first.count > last.count else { continue }
-            let ticks = first.count - last.count
+            guard consistent, let last = tightest(8), last.elapsed >= previous, last.elapsed < initial + 0x1_0000 else { continue }
+            let ticks = last.elapsed - first.elapsed
             return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: ticks * 1_000_000_000 / 1_193_182)
         }
         return nil
     }
 
-    /// The TSC against the HPET main counter over `milliseconds`.
+    /// The TSC against the HPET main counter over `milliseconds`: counter
+    /// reads bracketed by two TSC reads, the tightest of 8 at each end (as
+    /// for PIT channel 0), so slow MMIO exits do not skew the result.
     static func calibrateWithHPET(base: UInt64, milliseconds: UInt32) -> TickScale? {
         let capabilities = cpu_load64(UInt(base))
         let period = capabilities >> 32  // femtoseconds per tick
@@ -218,18 +263,29 @@ public enum SystemClock {
             (UnsafeMutablePointer<UInt64>(bitPattern: UInt(base + 0x10))!).pointee = configuration | 1
         }
         let ticksNeeded = UInt64(milliseconds) * 1_000_000_000_000 / period
-        let counterStart = cpu_load64(UInt(base + 0xF0))
-        let start = cpu_rdtsc()
+        func sample() -> (counter: UInt64, tsc: UInt64, width: UInt64) {
+            let before = cpu_rdtsc()
+            let counter = cpu_load64(UInt(base + 0xF0))
+            let after = cpu_rdtsc()
+            return (counter, before &+ (after &- before) / 2, after &- before)
+        }
+        func tightest() -> (counter: UInt64, tsc: UInt64, width: UInt64) {
+            var best = sample()
+            for _ in 1..<8 {
+                let next = sample()
+                if next.width < best.width { best = next }
+            }
+            return best
+        }
+        let first = tightest()
         var spins: UInt64 = 0
-        var counterNow = counterStart
-        while counterNow &- counterStart < ticksNeeded {
-            counterNow = cpu_load64(UInt(base + 0xF0))
+        while cpu_load64(UInt(base + 0xF0)) &- first.counter < ticksNeeded {
             spins += 1
             if spins > 100_000_000 { return nil }
         }
-        let end = cpu_rdtsc()
-        let nanoseconds = (counterNow &- counterStart) &* period / 1_000_000
-        return TickScale(ticks: end &- start, overNanoseconds: nanoseconds)
+        let last = tightest()
+        let nanoseconds = (last.counter &- first.counter) &* period / 1_000_000
+        return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: nanoseconds)
     }
 }
 
@@ -257,15 +313,54 @@ struct FirmwareFacts {
                 facts.hpetBase = hpet.baseAddress.address
             }
         } catch {}
+        MappedMemory.unmapTemporaryPages()
         return facts
     }
 }
 
-/// Physical memory below 4 GiB that the live page tables map (identity).
+/// Physical memory below the device window as the live page tables map it
+/// (identity). Firmware tables often sit in E820-reserved memory, which the
+/// kernel tables leave unmapped: such a page is mapped read-only+NX on
+/// first touch, until `unmapTemporaryPages`. Nil for the null page, the device
+/// window, and pages that cannot be mapped.
 struct MappedMemory: PhysicalMemoryReader {
+    /// The last page found mapped (a page walk per byte made ACPI parsing
+    /// cost tens of milliseconds under TCG).
+    nonisolated(unsafe) static var lastMappedPage: UInt64 = 0
+    /// Pages this reader mapped; `unmapTemporaryPages` removes them again so
+    /// that whoever maps firmware memory for good later finds it unmapped.
+    nonisolated(unsafe) static var temporaryPages: [UInt64] = []
+
+    static func unmapTemporaryPages() {
+        for page in temporaryPages {
+            do throws(PageTableError) {
+                _ = try Platform.pageTables!.unmap(range: VirtualAddress(page), byteCount: PageSize.small, allocator: &Platform.heap!.pages.allocator)
+            } catch {
+                Platform.panic("clock: cannot unmap a firmware-table page again")
+            }
+            cpu_invalidate_page(page)
+        }
+        temporaryPages = []
+        lastMappedPage = 0
+    }
+
     func loadByte(at address: UInt64) -> UInt8? {
-        guard address >= 0x1000, address < 0x1_0000_0000 else { return nil }
-        if let tables = Platform.pageTables, tables.translate(VirtualAddress(address)) == nil { return nil }
+        guard address >= 0x1000, address < Platform.deviceWindowStart else { return nil }
+        let page = address & ~UInt64(0xFFF)
+        if page != Self.lastMappedPage, Platform.pageTables != nil, Platform.heap != nil,
+            Platform.pageTables!.translate(VirtualAddress(address)) == nil
+        {
+            do throws(PageTableError) {
+                try Platform.pageTables!.map(
+                    VirtualAddress(page), to: PhysicalAddress(page), attributes: .readOnly,
+                    allocator: &Platform.heap!.pages.allocator)
+            } catch {
+                return nil
+            }
+            cpu_invalidate_page(page)
+            Self.temporaryPages.append(page)
+        }
+        Self.lastMappedPage = page
         return cpu_load8(UInt(address))
     }
 }

@@ -117,6 +117,7 @@ func testThreadLocalStorage() {
     check(bad == 0 && key.value == 999, "tls: 10 threads x 1000 yields kept their values (mismatches \(bad))")
     check(ThreadLocalStorage.segmentSize > 0 && ThreadLocalStorage.threadPointer & 63 == 0,
           "tls: segment \(ThreadLocalStorage.segmentSize) bytes, thread pointer aligned")
+    print("tls: FS base written with " + (ThreadLocalStorage.usesFSGSBaseInstructions ? "wrfsbase" : "wrmsr"))
 }
 
 // MARK: sleep accuracy
@@ -307,6 +308,9 @@ func testClocks() {
     check(backwards == 0 && previous > first, "clock: monotonic never went backwards")
     let wall = Clock.wall
     print("clock: source \(Clock.sourceName), tsc \(Clock.tscFrequency / 1_000_000) MHz, wall \(wall / 1_000_000_000)")
+    for (name, hertz) in Clock.crossCheck() {
+        print("clock: cross-check \(name): " + (hertz.map { "\($0 / 1_000_000) MHz" } ?? "absent"))
+    }
 }
 
 let arguments = Rumprun.arguments
