@@ -31,7 +31,8 @@ func statsPage() -> String {
     let s = stack.statistics
     return "requests \(requestsServed)\nframes_received \(s.framesReceived)\nframes_sent \(s.framesSent)\n"
         + "tcp_segments_received \(s.tcpSegmentsReceived)\ntcp_segments_sent \(s.tcpSegmentsSent)\n"
-        + "tcp_connections_opened \(s.tcpConnectionsOpened)\nchecksum_errors \(s.checksumErrors)\n"
+        + "tcp_connections_opened \(s.tcpConnectionsOpened)\ntcp_retransmissions \(s.tcpRetransmissions)\n"
+        + "transmit_deferred \(s.transmitDeferred)\ntransmit_errors \(s.transmitErrors)\nchecksum_errors \(s.checksumErrors)\n"
 }
 
 /// One client connection: bytes received so far and bytes still to send.
@@ -86,7 +87,11 @@ var quitDeadline: UInt64 = 0
 
 while true {
     stack.poll(now: now())
-    while let handle = try? stack.accept(listener) { clients.append(Client(handle: handle)) }
+    while let handle = try? stack.accept(listener) {
+        // Responses are written whole: no reason to hold them for Nagle.
+        try? stack.setNoDelay(handle, true)
+        clients.append(Client(handle: handle))
+    }
 
     var index = 0
     while index < clients.count {
