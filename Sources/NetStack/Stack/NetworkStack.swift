@@ -537,6 +537,34 @@ public final class NetworkStack<Interface: NetworkInterface> {
         EthernetHeader(destination: .broadcast, source: interfaces[index].hardwareAddress, etherType: .ipv4).write(to: &frame)
         header.write(to: &frame)
         frame.append(contentsOf: payload)
+        deliver(frame, nextHop: nextHop, interface: index)
+    }
+
+    /// Sends a TCP segment built in place in one frame (Ethernet, IPv4 with
+    /// DF, TCP header and payload), so the payload is copied once. False
+    /// when there is no route or the packet would need fragmenting; the
+    /// caller then takes the general `ipOutput` path.
+    func sendSegment(_ segment: TCPHeader, payload: ArraySlice<UInt8>, source: IPv4Address, destination: IPv4Address) -> Bool {
+        guard let route = route(to: destination) else { return false }
+        let length = IPv4Header.minimumLength + segment.headerLength + payload.count
+        guard length <= interfaces[route.interface].device.mtu else { return false }
+        identification &+= 1
+        var header = IPv4Header(protocol: .tcp, source: source, destination: destination, timeToLive: configuration.defaultTimeToLive)
+        header.identification = identification
+        header.dontFragment = true
+        header.totalLength = UInt16(length)
+        var frame: [UInt8] = []
+        frame.reserveCapacity(EthernetHeader.length + length)
+        EthernetHeader(destination: .broadcast, source: interfaces[route.interface].hardwareAddress, etherType: .ipv4).write(to: &frame)
+        header.write(to: &frame)
+        segment.write(payload: payload, source: source, destination: destination, to: &frame)
+        deliver(frame, nextHop: route.nextHop, interface: route.interface)
+        return true
+    }
+
+    /// Addresses an Ethernet frame holding an IPv4 packet to `nextHop` and
+    /// sends it, or queues it behind ARP resolution.
+    func deliver(_ frame: consuming [UInt8], nextHop: IPv4Address, interface index: Int) {
         statistics.ipPacketsSent += 1
         let configuration = interfaces[index].configuration
         if nextHop == .broadcast || nextHop == configuration?.broadcast {
