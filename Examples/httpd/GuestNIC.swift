@@ -15,12 +15,17 @@ typealias IntelNIC = E1000<MMIORegisters, HeapDMAMemory>
 enum GuestNIC: NetworkInterface {
     case virtio(VirtioNIC)
     case e1000(IntelNIC)
+    /// Only while a mutating call has the driver out of the enum: leaving
+    /// the enum holding a second reference to the driver's arrays would make
+    /// every send and receive copy them (copy-on-write).
+    case detached
 
     /// "virtio-net" or "e1000", as rumprun-cli names the drivers.
     var driverName: StaticString {
         switch self {
         case .virtio: return "virtio-net"
         case .e1000: return "e1000"
+        case .detached: return "none"
         }
     }
 
@@ -28,6 +33,7 @@ enum GuestNIC: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.macAddress
         case .e1000(let nic): return nic.macAddress
+        case .detached: return MACAddress(0, 0, 0, 0, 0, 0)
         }
     }
 
@@ -35,6 +41,7 @@ enum GuestNIC: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.mtu
         case .e1000(let nic): return nic.mtu
+        case .detached: return 1500
         }
     }
 
@@ -42,6 +49,7 @@ enum GuestNIC: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.isLinkUp
         case .e1000(let nic): return nic.isLinkUp
+        case .detached: return false
         }
     }
 
@@ -49,28 +57,37 @@ enum GuestNIC: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.statistics
         case .e1000(let nic): return nic.statistics
+        case .detached: return NetworkInterfaceStatistics()
         }
     }
 
     mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
         switch self {
         case .virtio(var nic):
+            self = .detached
             defer { self = .virtio(nic) }
             try nic.send(frame: frame)
         case .e1000(var nic):
+            self = .detached
             defer { self = .e1000(nic) }
             try nic.send(frame: frame)
+        case .detached:
+            throw .linkDown
         }
     }
 
     mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
         switch self {
         case .virtio(var nic):
+            self = .detached
             defer { self = .virtio(nic) }
             return try nic.receive(limit: limit, body)
         case .e1000(var nic):
+            self = .detached
             defer { self = .e1000(nic) }
             return try nic.receive(limit: limit, body)
+        case .detached:
+            throw .linkDown
         }
     }
 
@@ -79,6 +96,7 @@ enum GuestNIC: NetworkInterface {
         switch self {
         case .virtio(let nic): try? nic.shutdown()
         case .e1000(let nic): nic.shutdown()
+        case .detached: break
         }
     }
 

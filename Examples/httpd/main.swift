@@ -29,9 +29,10 @@ func response(status: String, type: String, body: String, keepAlive: Bool) -> [U
 
 func statsPage() -> String {
     let s = stack.statistics
-    return "requests \(requestsServed)\nframes_received \(s.framesReceived)\nframes_sent \(s.framesSent)\n"
+    return "requests \(requestsServed)\nloop_iterations \(loopIterations)\nframes_received \(s.framesReceived)\nframes_sent \(s.framesSent)\n"
         + "tcp_segments_received \(s.tcpSegmentsReceived)\ntcp_segments_sent \(s.tcpSegmentsSent)\n"
-        + "tcp_connections_opened \(s.tcpConnectionsOpened)\nchecksum_errors \(s.checksumErrors)\n"
+        + "tcp_connections_opened \(s.tcpConnectionsOpened)\ntcp_retransmissions \(s.tcpRetransmissions)\n"
+        + "transmit_deferred \(s.transmitDeferred)\ntransmit_errors \(s.transmitErrors)\nchecksum_errors \(s.checksumErrors)\n"
 }
 
 /// One client connection: bytes received so far and bytes still to send.
@@ -42,7 +43,7 @@ struct Client {
     var closeAfterWrite = false
     /// Body bytes of a /bytes/N response not yet queued in `output`.
     var bulkRemaining = 0
-    /// Body bytes of the current /bytes/N response queued so far.
+    /// Body bytes of the current /bytes/N response written so far.
     var bulkQueued = 0
 }
 
@@ -58,7 +59,8 @@ func bulkLength(_ path: ArraySlice<UInt8>) -> Int? {
     return value
 }
 
-/// The repeating body of /bytes/N: byte i is i mod 251.
+/// The repeating body of /bytes/N: byte i is i mod 251 (written from offset
+/// `written mod 251`, so a partial write continues the sequence).
 let bulkPattern: [UInt8] = (0..<(251 * 64)).map { UInt8($0 % 251) }
 
 /// The end of the first request header block in `bytes`, if complete.
@@ -81,16 +83,25 @@ func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
 }
 
 var clients: [Client] = []
+var loopIterations = 0
 var quitting = false
 var quitDeadline: UInt64 = 0
 
 while true {
+    loopIterations += 1
     stack.poll(now: now())
-    while let handle = try? stack.accept(listener) { clients.append(Client(handle: handle)) }
+    while let handle = try? stack.accept(listener) {
+        // Responses are written whole: no reason to hold them for Nagle.
+        try? stack.setNoDelay(handle, true)
+        clients.append(Client(handle: handle))
+    }
 
     var index = 0
     while index < clients.count {
-        var client = clients[index]
+        // Take the client out of the array (leaving a stub), so its buffers
+        // are uniquely referenced and edits do not copy them.
+        var client = Client(handle: clients[index].handle)
+        swap(&client, &clients[index])
         var finished = false
         if let bytes = try? stack.read(client.handle, maximumCount: 4096) {
             if bytes.isEmpty { finished = client.output.isEmpty && client.bulkRemaining == 0 } else { client.input += bytes }
@@ -127,18 +138,20 @@ while true {
             }
             if !keepAlive || path == "/quit" { client.closeAfterWrite = true }
         }
-        // Send what is queued; refill from a bulk body while the socket
-        // takes everything (at most one pattern block is queued at a time).
-        while true {
-            if !client.output.isEmpty, let written = try? stack.write(client.handle, client.output) {
-                client.output.removeFirst(written)
-            }
-            guard client.output.isEmpty, client.bulkRemaining > 0 else { break }
+        // Send what is queued, then a bulk body straight from the pattern
+        // (no intermediate copy) until the socket's buffer is full.
+        if !client.output.isEmpty, let written = try? stack.write(client.handle, client.output) {
+            client.output.removeFirst(written)
+        }
+        while client.output.isEmpty && client.bulkRemaining > 0 {
             let start = client.bulkQueued % 251
             let count = min(client.bulkRemaining, bulkPattern.count - start)
-            client.output += bulkPattern[start..<(start + count)]
-            client.bulkRemaining -= count
-            client.bulkQueued += count
+            let written = bulkPattern.withUnsafeBytes { pattern in
+                (try? stack.write(client.handle, UnsafeRawBufferPointer(rebasing: pattern[start..<(start + count)]))) ?? 0
+            }
+            if written == 0 { break }
+            client.bulkRemaining -= written
+            client.bulkQueued += written
         }
         if client.output.isEmpty && client.closeAfterWrite && client.bulkRemaining == 0 { finished = true }
         if stack.readiness(client.handle).contains(.error) { finished = true }

@@ -33,6 +33,9 @@ struct TapInterface: NetworkInterface {
 }
 
 enum Interop {
+    /// MiB sent each way in the bulk transfers (NETSTACK_INTEROP_MIB, default 100).
+    static var transferMiB: Int { getenv("NETSTACK_INTEROP_MIB").flatMap { Int(String(cString: $0)) } ?? 100 }
+
     static var enabled: Bool {
         getuid() == 0 && getenv("NETSTACK_INTEROP").map { String(cString: $0) == "1" } == true && access("/dev/net/tun", R_OK | W_OK) == 0
     }
@@ -125,6 +128,11 @@ final class InteropHTTPServer {
     var outgoing: [SocketHandle: (bytes: [UInt8], offset: Int)] = [:]
     var uploadedBytes = 0
     var uploadedSum: UInt64 = 0
+    /// FNV-1a (64-bit) over every uploaded body byte, in order.
+    var uploadedHash: UInt64 = InteropHTTPServer.fnvOffset
+
+    static let fnvOffset: UInt64 = 0xcbf2_9ce4_8422_2325
+    static func fnv(_ hash: UInt64, _ byte: UInt8) -> UInt64 { (hash ^ UInt64(byte)) &* 0x0000_0100_0000_01b3 }
 
     init(stack: NetworkStack<TapInterface>) throws {
         self.stack = stack
@@ -157,6 +165,7 @@ final class InteropHTTPServer {
             guard request.count >= end + 4 + contentLength else { continue }
             for byte in request[(end + 4)..<(end + 4 + contentLength)] {
                 uploadedSum &+= UInt64(byte)
+                uploadedHash = Self.fnv(uploadedHash, byte)
             }
             uploadedBytes += contentLength
             request.removeFirst(end + 4 + contentLength)
@@ -254,9 +263,9 @@ func linuxCurlTalksToTheStackOverATap() throws {
         let (statusTwo, twice) = serve(while: ["curl", "-s", "--max-time", "30", "http://10.9.0.2:8080/", "http://10.9.0.2:8080/"])
         if statusTwo != 0 || twice.count != 2 * 34 { failures.append("two GETs gave status \(statusTwo), \(twice.count) bytes") }
 
-        // Download 32 MiB and compare with the pattern.
-        let size = 32 << 20
-        let (statusDown, downloaded) = serve(while: ["curl", "-s", "--max-time", "100", "http://10.9.0.2:8080/bytes/\(size)"])
+        // Download 100 MiB (NETSTACK_INTEROP_MIB to change) and compare with the pattern.
+        let size = Interop.transferMiB << 20
+        let (statusDown, downloaded) = serve(while: ["curl", "-s", "--max-time", "900", "http://10.9.0.2:8080/bytes/\(size)"], limit: 1_000_000_000_000)
         transcript.append("download: status \(statusDown), \(downloaded.count) bytes")
         if statusDown != 0 || downloaded.count != size {
             failures.append("download gave status \(statusDown), \(downloaded.count) bytes")
@@ -269,12 +278,17 @@ func linuxCurlTalksToTheStackOverATap() throws {
             if mismatch { failures.append("downloaded bytes differ from the pattern") }
         }
 
-        // Upload 16 MiB of zeros plus ones from Linux.
-        let uploadSize = 16 << 20
-        let (statusUp, _) = serve(while: ["sh", "-c", "head -c \(uploadSize) /dev/zero | tr '\\000' '\\001' | curl -s --max-time 100 -H 'Content-Type: application/octet-stream' --data-binary @- http://10.9.0.2:8080/upload -o /dev/null"])
+        // Upload the same amount of pattern bytes from Linux (Python writes
+        // them into curl); the server's FNV-1a hash of the body must match.
+        let uploadSize = Interop.transferMiB << 20
+        // pattern(i) = 7i + i >> 9 (mod 256) repeats every 128 KiB.
+        let generator = "import sys\nn=\(uploadSize)\nb=bytes(((i*7)+(i>>9))&255 for i in range(131072))\nq,r=divmod(n,131072)\nfor _ in range(q): sys.stdout.buffer.write(b)\nsys.stdout.buffer.write(b[:r])\n"
+        let (statusUp, _) = serve(while: ["sh", "-c", "python3 -c \"$0\" | curl -s --max-time 900 -H 'Content-Type: application/octet-stream' --data-binary @- http://10.9.0.2:8080/upload -o /dev/null", generator], limit: 1_000_000_000_000)
+        var expectedHash = InteropHTTPServer.fnvOffset
+        for index in 0..<uploadSize { expectedHash = InteropHTTPServer.fnv(expectedHash, InteropHTTPServer.pattern(index)) }
         transcript.append("upload: status \(statusUp), \(server.uploadedBytes) bytes")
-        if statusUp != 0 || server.uploadedBytes != uploadSize || server.uploadedSum != UInt64(uploadSize) {
-            failures.append("upload gave status \(statusUp), \(server.uploadedBytes) bytes, sum \(server.uploadedSum)")
+        if statusUp != 0 || server.uploadedBytes != uploadSize || server.uploadedHash != expectedHash {
+            failures.append("upload gave status \(statusUp), \(server.uploadedBytes) bytes, hash \(server.uploadedHash) (expected \(expectedHash))")
         }
 
         // Linux pings the stack (a raw-socket ping in Python that checks the reply's checksum).

@@ -22,6 +22,9 @@ public struct NetworkStackConfiguration: Sendable {
     public var echoReplyQueueLimit = 16
     /// Local ports for connect and unbound UDP sockets (RFC 6335 §6).
     public var ephemeralPorts: ClosedRange<UInt16> = 49152...65535
+    /// Frames held per interface while its driver's transmit queue is full
+    /// (sent in order once slots free up); beyond this they are dropped.
+    public var transmitBacklogLimit = 512
     public init() {}
 }
 
@@ -61,6 +64,8 @@ public struct NetworkStackStatistics: Equatable, Sendable {
     public var tcpSynsDropped = 0
     public var tcpRetransmissions = 0
     public var transmitErrors = 0
+    /// Frames that waited in the transmit backlog because the driver's queue was full.
+    public var transmitDeferred = 0
     public init() {}
 }
 
@@ -91,6 +96,9 @@ public final class NetworkStack<Interface: NetworkInterface> {
         var configuration: IPv4InterfaceConfiguration?
         var arp: ARPCache
         var hardwareAddress: MACAddress
+        /// Frames waiting for a free transmit slot, oldest first.
+        var transmitBacklog: [[UInt8]] = []
+        var transmitBacklogStart = 0
     }
 
     final class Listener {
@@ -217,6 +225,8 @@ public final class NetworkStack<Interface: NetworkInterface> {
             } catch {
                 statistics.framesDropped += 1
             }
+            // Receiving let the driver reclaim transmit slots.
+            flushTransmitBacklog(interface: index)
             for frame in frames { input(frame: frame[...], interface: index) }
         }
         runTimers()
@@ -247,6 +257,8 @@ public final class NetworkStack<Interface: NetworkInterface> {
 
     /// The earliest clock value at which `poll` has timer work.
     public var nextDeadline: UInt64? {
+        // Frames waiting for transmit slots: poll again at once.
+        if interfaces.indices.contains(where: { transmitBacklogCount(interface: $0) > 0 }) { return now }
         var earliest = reassembler.nextDeadline
         for attached in interfaces {
             if let deadline = attached.arp.nextDeadline { earliest = Swift.min(earliest ?? deadline, deadline) }
@@ -336,14 +348,69 @@ public final class NetworkStack<Interface: NetworkInterface> {
         sendARP(request, to: .broadcast, interface: index)
     }
 
+    /// Hands a frame to the driver. While the driver's transmit queue is
+    /// full, frames wait in a bounded backlog (in order) instead of being
+    /// lost: dropping a burst of TCP segments would cost retransmission
+    /// timeouts. `poll` and later transmits retry the backlog first.
     func transmit(_ frame: [UInt8], interface index: Int) {
+        if interfaces[index].transmitBacklogStart < interfaces[index].transmitBacklog.count {
+            flushTransmitBacklog(interface: index)
+        }
+        if interfaces[index].transmitBacklogStart < interfaces[index].transmitBacklog.count {
+            holdForTransmission(frame, interface: index)
+            return
+        }
+        switch send(frame, interface: index) {
+        case .sent: statistics.framesSent += 1
+        case .queueFull: holdForTransmission(frame, interface: index)
+        case .failed: statistics.transmitErrors += 1
+        }
+    }
+
+    enum TransmitOutcome { case sent, queueFull, failed }
+
+    func send(_ frame: [UInt8], interface index: Int) -> TransmitOutcome {
         let result = frame.withUnsafeBytes { bytes in
             Result { () throws(NetworkInterfaceError) in try interfaces[index].device.send(frame: bytes) }
         }
         switch result {
-        case .success: statistics.framesSent += 1
-        case .failure: statistics.transmitErrors += 1
+        case .success: return .sent
+        case .failure(.transmitQueueFull): return .queueFull
+        case .failure: return .failed
         }
+    }
+
+    func holdForTransmission(_ frame: [UInt8], interface index: Int) {
+        let waiting = interfaces[index].transmitBacklog.count - interfaces[index].transmitBacklogStart
+        guard waiting < configuration.transmitBacklogLimit else {
+            statistics.transmitErrors += 1
+            return
+        }
+        interfaces[index].transmitBacklog.append(frame)
+        statistics.transmitDeferred += 1
+    }
+
+    /// Sends waiting frames, oldest first, until the driver is full again.
+    func flushTransmitBacklog(interface index: Int) {
+        while interfaces[index].transmitBacklogStart < interfaces[index].transmitBacklog.count {
+            let frame = interfaces[index].transmitBacklog[interfaces[index].transmitBacklogStart]
+            let outcome = send(frame, interface: index)
+            if outcome == .queueFull { break }
+            if outcome == .sent { statistics.framesSent += 1 } else { statistics.transmitErrors += 1 }
+            interfaces[index].transmitBacklogStart += 1
+        }
+        if interfaces[index].transmitBacklogStart == interfaces[index].transmitBacklog.count {
+            interfaces[index].transmitBacklog.removeAll(keepingCapacity: true)
+            interfaces[index].transmitBacklogStart = 0
+        } else if interfaces[index].transmitBacklogStart >= 64 {
+            interfaces[index].transmitBacklog.removeFirst(interfaces[index].transmitBacklogStart)
+            interfaces[index].transmitBacklogStart = 0
+        }
+    }
+
+    /// Frames waiting for a transmit slot on interface `index`.
+    public func transmitBacklogCount(interface index: Int) -> Int {
+        interfaces[index].transmitBacklog.count - interfaces[index].transmitBacklogStart
     }
 
     // MARK: IPv4
@@ -470,6 +537,34 @@ public final class NetworkStack<Interface: NetworkInterface> {
         EthernetHeader(destination: .broadcast, source: interfaces[index].hardwareAddress, etherType: .ipv4).write(to: &frame)
         header.write(to: &frame)
         frame.append(contentsOf: payload)
+        deliver(frame, nextHop: nextHop, interface: index)
+    }
+
+    /// Sends a TCP segment built in place in one frame (Ethernet, IPv4 with
+    /// DF, TCP header and payload), so the payload is copied once. False
+    /// when there is no route or the packet would need fragmenting; the
+    /// caller then takes the general `ipOutput` path.
+    func sendSegment(_ segment: TCPHeader, payload: ArraySlice<UInt8>, source: IPv4Address, destination: IPv4Address) -> Bool {
+        guard let route = route(to: destination) else { return false }
+        let length = IPv4Header.minimumLength + segment.headerLength + payload.count
+        guard length <= interfaces[route.interface].device.mtu else { return false }
+        identification &+= 1
+        var header = IPv4Header(protocol: .tcp, source: source, destination: destination, timeToLive: configuration.defaultTimeToLive)
+        header.identification = identification
+        header.dontFragment = true
+        header.totalLength = UInt16(length)
+        var frame: [UInt8] = []
+        frame.reserveCapacity(EthernetHeader.length + length)
+        EthernetHeader(destination: .broadcast, source: interfaces[route.interface].hardwareAddress, etherType: .ipv4).write(to: &frame)
+        header.write(to: &frame)
+        segment.write(payload: payload, source: source, destination: destination, to: &frame)
+        deliver(frame, nextHop: route.nextHop, interface: route.interface)
+        return true
+    }
+
+    /// Addresses an Ethernet frame holding an IPv4 packet to `nextHop` and
+    /// sends it, or queues it behind ARP resolution.
+    func deliver(_ frame: consuming [UInt8], nextHop: IPv4Address, interface index: Int) {
         statistics.ipPacketsSent += 1
         let configuration = interfaces[index].configuration
         if nextHop == .broadcast || nextHop == configuration?.broadcast {

@@ -250,6 +250,8 @@ extension NetworkStack {
             statistics.tcpSegmentsSent += 1
             if segment.header.flags.contains(.rst) { statistics.tcpResetsSent += 1 }
             if segment.isRetransmission { statistics.tcpRetransmissions += 1 }
+            if sendSegment(segment.header, payload: segment.payload, source: connection.local.address, destination: connection.remote.address) { continue }
+            // No route (counted there) or larger than the MTU: the general path.
             var bytes: [UInt8] = []
             bytes.reserveCapacity(segment.header.headerLength + segment.payload.count)
             segment.header.write(payload: segment.payload, source: connection.local.address, destination: connection.remote.address, to: &bytes)
