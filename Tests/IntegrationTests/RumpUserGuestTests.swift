@@ -1,0 +1,79 @@
+// RumpUserGuestTests: the guest rumpuser implementation (Sources/RumpUserGuest,
+// Sources/CRumpUserGuest) under a fake rump kernel written in C
+// (Tests/Guests/rumpuser/kernel.c), compiled for the guest triple, baked with
+// the opt-in modules' objects and booted under QEMU (TCG) by rumprun-cli.
+// The kernel checks the scheduling contract on every hypercall; these tests
+// read its console and the exit status.
+import Foundation
+import Testing
+import UnikernelBake
+
+enum RumpUserGuestImage {
+    /// Builds the opt-in modules, compiles the C kernel, bakes once per run.
+    static let image: Result<String, Error> = Result {
+        let root = Integration.sourceRoot
+        let toolchain = try Toolchain.locate()
+        let builder = try GuestBuilder(sourceRoot: root, toolchain: toolchain)
+        let modules = try builder.buildPlatform(modules: ["CRumpUserGuest", "RumpUserGuest"])
+        let object = Integration.imageDirectory + "/rumpuser-kernel.o"
+        try Toolchain.run(toolchain.binDirectory + "/clang", [
+            "--target=\(GuestBuilder.triple)", "-ffreestanding", "-fno-pic", "-mno-red-zone", "-mgeneral-regs-only",
+            "-ffunction-sections", "-O2", "-Wall", "-Werror",
+            "-I", root + "/Sources/CRumpUserGuest/include",
+            "-c", root + "/Tests/Guests/rumpuser/kernel.c", "-o", object,
+        ])
+        let output = Integration.imageDirectory + "/rumpuser.img"
+        let baker = try Baker(sourceRoot: root)
+        _ = try baker.bake(BakeRequest(configuration: "hw_generic", output: output, inputs: [object] + modules.objects))
+        return output
+    }
+
+    static func run(machine: String = "microvm", _ extra: [String] = []) throws -> (status: Int32, stdout: String, stderr: String) {
+        let image = try image.get()
+        return try Integration.run(
+            ["run", "qemu", "-i", "--timeout", "600", "--machine", machine, "-N", "rumpbox",
+             "-e", "RUMPTEST=value", "-e", "RUMPTEST_HOSTNAME=rumpbox"] + extra + [image])
+    }
+}
+
+@Suite(.serialized) struct RumpUserGuestTests {
+    @Test(arguments: ["microvm", "pc"])
+    func theFakeKernelFindsTheContractKeptOnEveryHypercall(machine: String) throws {
+        let run = try RumpUserGuestImage.run(machine: machine)
+        let console = run.stdout
+        #expect(run.status == 0, "status \(run.status)\n\(console)\n\(run.stderr)")
+        #expect(!console.contains("FAIL"), "\(console)")
+        for suite in ["init", "memory", "clocks", "params", "misc", "threads", "mutex", "rwlock", "cv", "stress"] {
+            #expect(console.contains("ok \(suite) ("), "suite \(suite) did not pass:\n\(console)")
+        }
+        #expect(console.contains(", 0 failures\n"))
+        // Values the kernel saw, as it printed them.
+        #expect(console.contains("getparam: hostname rumpbox\n"))
+        #expect(console.contains("getparam: missing -> 2\n"))
+        #expect(console.contains("cv: timedwait 50 ms -> 60 after "))
+        #expect(console.contains("stress: mutex 20000 increments by 4 threads\n"))
+        #expect(console.contains("stress: rwlock 4000 writes, 0 torn reads\n"))
+        #expect(console.contains("stress: cv 2 x 2000 items, sums 2001000 2001000\n"))
+        // The C varargs formatter of rumpuser_dprintf and rumpuser_putchar.
+        #expect(console.contains("dprintf: -42 42 beef BEEF    ab|cd   | z -1234567890123 9876543210 77 0x1000 % 007\n"))
+        #expect(console.contains("putchar: ok\n"))
+    }
+
+    @Test func rumpuserExitEndsTheGuestWithItsStatus() throws {
+        let run = try RumpUserGuestImage.run(["-e", "RUMPTEST_MODE=exit"])
+        #expect(run.status == 7, "status \(run.status)\n\(run.stdout)")
+        #expect(run.stdout.contains("mode exit\n"))
+    }
+
+    @Test func rumpuserExitPanicGivesThePanicStatus() throws {
+        let run = try RumpUserGuestImage.run(["-e", "RUMPTEST_MODE=panic"])
+        #expect(run.status == 120, "status \(run.status)\n\(run.stdout)")
+        #expect(run.stdout.contains("rump kernel panic (rumpuser_exit)"))
+    }
+
+    @Test func aKillingSignalEndsTheGuestWithAPanicNamingIt() throws {
+        let run = try RumpUserGuestImage.run(["-e", "RUMPTEST_MODE=kill"])
+        #expect(run.status == 120, "status \(run.status)\n\(run.stdout)")
+        #expect(run.stdout.contains("rumpuser: killed by signal 9\n"))
+    }
+}
