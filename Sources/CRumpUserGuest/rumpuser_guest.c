@@ -19,12 +19,6 @@ rumpuser_curlwp(void)
 }
 
 void
-rumpuser_guest_set_curlwp(struct lwp *l)
-{
-	guest_curlwp = l;
-}
-
-void
 rumpuser_seterrno(int error)
 {
 	guest_errno = error;

@@ -59,6 +59,29 @@ enum RumpUserGuestImage {
         #expect(console.contains("putchar: ok\n"))
     }
 
+    @Test func theGuestModulesDefineEveryFunctionOfTheSharedHeader() throws {
+        _ = try RumpUserGuestImage.image.get()
+        let root = Integration.sourceRoot
+        let header = try String(contentsOfFile: root + "/Sources/CRumpUser/include/rumpuser.h", encoding: .utf8)
+        var declared = Set<String>()
+        for line in header.split(separator: "\n") where !line.hasPrefix("#") && !line.hasPrefix(" *") {
+            var rest = Substring(line)
+            while let start = rest.range(of: "rumpuser_") {
+                let name = rest[start.lowerBound...].prefix { $0.isLetter || $0.isNumber || $0 == "_" }
+                let after = rest[start.lowerBound...].dropFirst(name.count)
+                if after.first == "(" { declared.insert(String(name)) }
+                rest = after
+            }
+        }
+        let toolchain = try Toolchain.locate()
+        let builder = try GuestBuilder(sourceRoot: root, toolchain: toolchain)
+        let objects = try builder.buildPlatform(modules: ["CRumpUserGuest", "RumpUserGuest"]).objects
+        let symbols = try Toolchain.run(toolchain.binDirectory + "/llvm-nm", ["--defined-only", "-j"] + objects).output
+        let defined = Set(symbols.split(separator: "\n").map(String.init))
+        #expect(declared.count >= 60, "parsed \(declared.count) declarations")
+        #expect(declared.subtracting(defined).isEmpty, "not defined in the guest: \(declared.subtracting(defined).sorted())")
+    }
+
     @Test func rumpuserExitEndsTheGuestWithItsStatus() throws {
         let run = try RumpUserGuestImage.run(["-e", "RUMPTEST_MODE=exit"])
         #expect(run.status == 7, "status \(run.status)\n\(run.stdout)")

@@ -19,9 +19,6 @@
 extern "C" {
 #endif
 
-/* The calling guest thread's lwp slot (what rumpuser_curlwp returns). */
-void rumpuser_guest_set_curlwp(struct lwp *);
-
 /* The calling guest thread's errno as last set by rumpuser_seterrno. */
 int rumpuser_guest_errno(void);
 
