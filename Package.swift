@@ -76,7 +76,7 @@ if guest {
         .target(name: "CRumpUserGuest", cSettings: guestCSettings),
         .target(
             name: "RumpUserGuest",
-            dependencies: ["CRumpUserGuest", "BareMetalKit", "Rumprun", "CPUPrimitives"],
+            dependencies: ["CRumpUserGuest", "BareMetalKit", "DeviceInterfaces", "Rumprun", "CPUPrimitives"],
             swiftSettings: guestSwiftSettings
         ),
     ]

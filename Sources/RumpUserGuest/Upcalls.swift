@@ -10,12 +10,15 @@ import CRumpUserGuest
 enum NetBSDError {
     static let ENOENT: Int32 = 2
     static let ESRCH: Int32 = 3
+    static let EIO: Int32 = 5
     static let ENXIO: Int32 = 6
     static let EBADF: Int32 = 9
     static let EDEADLK: Int32 = 11
     static let ENOMEM: Int32 = 12
     static let EBUSY: Int32 = 16
+    static let EEXIST: Int32 = 17
     static let EINVAL: Int32 = 22
+    static let EROFS: Int32 = 30
     static let ERANGE: Int32 = 34
     static let EAGAIN: Int32 = 35
     static let EOPNOTSUPP: Int32 = 45

@@ -59,6 +59,32 @@ enum RumpUserGuestImage {
         #expect(console.contains("putchar: ok\n"))
     }
 
+    /// Block I/O against QEMU's virtio-blk-pci over a host file: the guest
+    /// checks what it reads, the test checks what it wrote and that nothing
+    /// else in the file changed.
+    @Test func blockIOReachesTheHostFileThroughVirtioBlk() throws {
+        let size = 1 << 20
+        func original(_ index: Int) -> UInt8 { UInt8(truncatingIfNeeded: (index &* 13 &+ 5) ^ (index >> 9)) }
+        let file = Integration.imageDirectory + "/rumpuser-disk-\(UUID().uuidString).img"
+        try Data((0..<size).map(original)).write(to: URL(fileURLWithPath: file))
+        defer { try? FileManager.default.removeItem(atPath: file) }
+        let run = try RumpUserGuestImage.run(machine: "pc", ["-e", "RUMPTEST_BLK=\(size)", "-b", file])
+        #expect(run.status == 0, "status \(run.status)\n\(run.stdout)\n\(run.stderr)")
+        #expect(!run.stdout.contains("FAIL"), "\(run.stdout)")
+        #expect(run.stdout.contains("ok blk ("), "\(run.stdout)")
+        let data = [UInt8](try Data(contentsOf: URL(fileURLWithPath: file)))
+        try #require(data.count == size)
+        let written = 65536..<(65536 + 8192)
+        let lastSector = (size - 512)..<size
+        var unexpected = 0
+        for index in 0..<size where !written.contains(index) && !lastSector.contains(index) && data[index] != original(index) { unexpected += 1 }
+        #expect(unexpected == 0, "\(unexpected) bytes outside the written ranges changed")
+        #expect(written.allSatisfy { data[$0] == UInt8(truncatingIfNeeded: ($0 - 65536) &* 3 &+ 1) })
+        let marker = Array("rumpuser guest was here".utf8)
+        #expect(Array(data[lastSector.lowerBound..<(lastSector.lowerBound + marker.count)]) == marker)
+        #expect(data[(lastSector.lowerBound + marker.count)...].allSatisfy { $0 == 0 })
+    }
+
     @Test func theGuestModulesDefineEveryFunctionOfTheSharedHeader() throws {
         _ = try RumpUserGuestImage.image.get()
         let root = Integration.sourceRoot

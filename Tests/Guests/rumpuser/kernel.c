@@ -16,6 +16,8 @@
  * Output: one "ok <suite>" line per suite, "FAIL ..." lines, and a summary
  * "rumpuser conformance: N checks, F failures".  main returns 1 on failure.
  * Expects -N rumpbox -e RUMPTEST=value -e RUMPTEST_HOSTNAME=rumpbox.
+ * With -e RUMPTEST_BLK=<bytes> it also does block I/O on blk0 (-b FILE on
+ * --machine pc; the host test checks the file afterwards).
  * With -e RUMPTEST_MODE=exit|panic|kill it ends at once through
  * rumpuser_exit(7), rumpuser_exit(RUMPUSER_PANIC) or rumpuser_kill(SIGKILL).
  */
@@ -31,6 +33,7 @@
 #define E_NXIO 6
 #define E_BADF 9
 #define E_BUSY 16
+#define E_EXIST 17
 #define E_INVAL 22
 #define E_RANGE 34
 #define E_OPNOTSUPP 45
@@ -494,11 +497,11 @@ suite_misc(void)
 	CHECK(rv == E_INVAL, "getrandom flag 0x80: %d", rv);
 
 	int fd = -1;
-	HC(MAYBE, rv = rumpuser_open("blk0", RUMPUSER_OPEN_RDWR, &fd));
+	HC(ALWAYS, rv = rumpuser_open("blk7", RUMPUSER_OPEN_RDWR, &fd));
 	CHECK(rv == E_NXIO, "open: %d (want ENXIO 6)", rv);
 	uint64_t size;
 	int type;
-	HC(MAYBE, rv = rumpuser_getfileinfo("blk0", &size, &type));
+	HC(ALWAYS, rv = rumpuser_getfileinfo("blk7", &size, &type));
 	CHECK(rv == E_NXIO, "getfileinfo: %d", rv);
 	HC(MAYBE, rv = rumpuser_close(3));
 	CHECK(rv == E_BADF, "close(3): %d", rv);
@@ -1009,6 +1012,126 @@ suite_stress(void)
 	rumpuser_dprintf("stress: cv 2 x 2000 items, sums %ld %ld\n", ch[0].sum, ch[1].sum);
 }
 
+
+/* Block I/O on the guest's first virtio-blk disk ("blk0", -b on pc). The
+ * host test fills the file with pattern1 and checks what was written. */
+
+static unsigned char
+pattern1(uint64_t i)
+{
+	return (unsigned char)((i * 13 + 5) ^ (i >> 9));
+}
+
+static unsigned char
+pattern2(uint64_t i)
+{
+	return (unsigned char)(i * 3 + 1);
+}
+
+static int bio_calls, bio_error;
+static size_t bio_done;
+static void
+blk_biodone(void *arg, size_t done, int error)
+{
+	CHECK(arg == &bio_calls, "biodone argument");
+	CHECK(self.cpu != 0, "biodone called without a CPU");
+	bio_calls++;
+	bio_done = done;
+	bio_error = error;
+}
+
+static uint64_t
+parse_decimal(const char *s)
+{
+	uint64_t v = 0;
+	while (*s >= '0' && *s <= '9')
+		v = v * 10 + (uint64_t)(*s++ - '0');
+	return v;
+}
+
+static void
+suite_blk(void)
+{
+	char value[32];
+	int rv, fd, fd2, type;
+	uint64_t size;
+	size_t moved;
+	rv = rumpuser_getparam("RUMPTEST_BLK", value, sizeof(value));
+	uint64_t want_size = parse_decimal(value);
+	HC(ALWAYS, rv = rumpuser_getfileinfo("blk0", &size, &type));
+	CHECK(rv == 0 && size == want_size && type == RUMPUSER_FT_BLK, "getfileinfo blk0: %d, %lu bytes, type %d", rv, (unsigned long)size, type);
+	HC(ALWAYS, rv = rumpuser_getfileinfo("blk9", &size, &type));
+	CHECK(rv == E_NXIO, "getfileinfo of an unconfigured tag: %d", rv);
+	HC(ALWAYS, rv = rumpuser_open("blk0", RUMPUSER_OPEN_RDWR | RUMPUSER_OPEN_BIO, &fd));
+	CHECK(rv == 0 && fd >= 0, "open blk0: %d", rv);
+	HC(ALWAYS, rv = rumpuser_open("blk0", RUMPUSER_OPEN_RDWR | RUMPUSER_OPEN_CREATE | RUMPUSER_OPEN_EXCL, &fd2));
+	CHECK(rv == E_EXIST, "open CREATE|EXCL of a device: %d (want EEXIST 17)", rv);
+	HC(MAYBE, rv = rumpuser_open("blk0", 3, &fd2));
+	CHECK(rv == E_INVAL, "open with access mode 3: %d", rv);
+
+	unsigned char *a, *b;
+	rumpuser_malloc(16384, 4096, (void **)&a);
+	rumpuser_malloc(16384, 4096, (void **)&b);
+
+	/* Two vectors at an offset. */
+	struct rumpuser_iovec iov[2] = { { a, 512 }, { a + 512, 1024 } };
+	HC(ALWAYS, rv = rumpuser_iovread(fd, iov, 2, 4096, &moved));
+	int bad = 0;
+	for (int i = 0; i < 1536; i++)
+		bad += a[i] != pattern1(4096 + (uint64_t)i);
+	CHECK(rv == 0 && moved == 1536 && bad == 0, "iovread 2 vectors at 4096: %d, %zu bytes, %d wrong", rv, moved, bad);
+
+	/* NOSEEK reads advance the descriptor's position. */
+	bad = 0;
+	for (int round = 0; round < 3; round++) {
+		struct rumpuser_iovec one = { a, 512 };
+		HC(ALWAYS, rv = rumpuser_iovread(fd, &one, 1, RUMPUSER_IOV_NOSEEK, &moved));
+		CHECK(rv == 0 && moved == 512, "NOSEEK read %d: %d", round, rv);
+		for (int i = 0; i < 512; i++)
+			bad += a[i] != pattern1((uint64_t)round * 512 + (uint64_t)i);
+	}
+	CHECK(bad == 0, "NOSEEK reads: %d bytes wrong", bad);
+	struct rumpuser_iovec odd = { a, 512 };
+	HC(ALWAYS, rv = rumpuser_iovread(fd, &odd, 1, 100, &moved));
+	CHECK(rv == E_INVAL && moved == 0, "read at offset 100: %d", rv);
+
+	/* bio: synchronous write, then read back. */
+	for (int i = 0; i < 8192; i++)
+		a[i] = pattern2((uint64_t)i);
+	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_WRITE | RUMPUSER_BIO_SYNC, a, 8192, 65536, blk_biodone, &bio_calls));
+	CHECK(bio_calls == 1 && bio_done == 8192 && bio_error == 0, "bio write: %d calls, %zu bytes, error %d", bio_calls, bio_done, bio_error);
+	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_READ, b, 8192, 65536, blk_biodone, &bio_calls));
+	bad = 0;
+	for (int i = 0; i < 8192; i++)
+		bad += b[i] != pattern2((uint64_t)i);
+	CHECK(bio_calls == 2 && bio_done == 8192 && bio_error == 0 && bad == 0, "bio read back: %d calls, error %d, %d wrong", bio_calls, bio_error, bad);
+	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_READ, b, 512, (int64_t)want_size, blk_biodone, &bio_calls));
+	CHECK(bio_calls == 3 && bio_error == E_INVAL, "bio past the end: error %d", bio_error);
+
+	/* iovwrite of the last sector, sync, close. */
+	const char *marker = "rumpuser guest was here";
+	for (int i = 0; i < 512; i++)
+		a[i] = 0;
+	for (int i = 0; marker[i]; i++)
+		a[i] = (unsigned char)marker[i];
+	struct rumpuser_iovec last = { a, 512 };
+	HC(ALWAYS, rv = rumpuser_iovwrite(fd, &last, 1, (int64_t)want_size - 512, &moved));
+	CHECK(rv == 0 && moved == 512, "iovwrite of the last sector: %d, %zu", rv, moved);
+	HC(ALWAYS, rv = rumpuser_syncfd(fd, RUMPUSER_SYNCFD_WRITE | RUMPUSER_SYNCFD_SYNC, 0, 0));
+	CHECK(rv == 0, "syncfd WRITE|SYNC: %d", rv);
+	HC(MAYBE, rv = rumpuser_syncfd(fd, 0, 0, 0));
+	CHECK(rv == E_INVAL, "syncfd without READ or WRITE: %d", rv);
+	HC(MAYBE, rv = rumpuser_close(fd));
+	CHECK(rv == 0, "close: %d", rv);
+	HC(MAYBE, rv = rumpuser_close(fd));
+	CHECK(rv == E_BADF, "second close: %d", rv);
+	HC(MAYBE, rv = rumpuser_iovread(fd, &last, 1, 0, &moved));
+	CHECK(rv == E_BADF, "read after close: %d", rv);
+	rumpuser_free(a, 16384);
+	rumpuser_free(b, 16384);
+	rumpuser_dprintf("blk: %lu bytes, wrote 8192 at 65536 and the last sector\n", (unsigned long)want_size);
+}
+
 static void
 run(const char *name, void (*suite)(void))
 {
@@ -1066,6 +1189,9 @@ main(int argc, char **argv)
 	run("rwlock", suite_rwlock);
 	run("cv", suite_cv);
 	run("stress", suite_stress);
+	char blk[32];
+	if (rumpuser_getparam("RUMPTEST_BLK", blk, sizeof(blk)) == 0)
+		run("blk", suite_blk);
 
 	rumpuser_dprintf("rumpuser conformance: %d checks, %d failures\n", checks, failures);
 	return failures == 0 ? 0 : 1;
