@@ -55,10 +55,23 @@ struct WaitList {
 /// False when the deadline passed first; the caller then withdraws it.
 func waitUntilGranted(_ waiter: GuestWaiter, deadline: UInt64? = nil) -> Bool {
     while !waiter.granted {
-        if let deadline, SystemClock.monotonicNanoseconds >= deadline { return waiter.granted }
-        ThreadRuntime.block(deadline: deadline)
+        if let deadline {
+            let now = SystemClock.monotonicNanoseconds
+            if now >= deadline { return waiter.granted }
+            ThreadRuntime.block(deadline: timerDeadline(deadline, now: now))
+        } else {
+            ThreadRuntime.block(deadline: nil)
+        }
     }
     return true
+}
+
+/// The deadline handed to the scheduler's timer: at most 2^50 ns (about
+/// 13 days) ahead, so converting it to TSC ticks cannot overflow; callers
+/// loop until the real deadline.
+func timerDeadline(_ deadline: UInt64, now: UInt64) -> UInt64 {
+    let horizon = UInt64(1) << 50
+    return deadline &- now > horizon ? now &+ horizon : deadline
 }
 
 // MARK: Mutexes

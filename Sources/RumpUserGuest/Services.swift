@@ -37,7 +37,13 @@ public func rumpuserClockSleep(_ clock: Int32, _ seconds: Int64, _ nanoseconds: 
     default:
         return NetBSDError.EINVAL
     }
-    Upcalls.blocking { ThreadRuntime.sleep(until: deadline) }
+    Upcalls.blocking {
+        var now = Clock.monotonic
+        while now < deadline {
+            ThreadRuntime.sleep(until: timerDeadline(deadline, now: now))
+            now = Clock.monotonic
+        }
+    }
     return 0
 }
 

@@ -838,6 +838,14 @@ suite_cv(void)
 		void *s = spawn(signal_later_body, (void *)0, "signaller", 1, 0);
 		HC(ALWAYS, rv = rumpuser_cv_timedwait(test_cv, test_mtx, 10, 0));
 		CHECK(rv == 0 && flag, "signalled timedwait: %d, flag %d", rv, flag);
+		HC(NEVER, rumpuser_mutex_exit(test_mtx));
+		join(s);
+		/* A timeout far beyond any timer's reach, signalled. */
+		flag = 0;
+		s = spawn(signal_later_body, (void *)0, "signaller", 1, 0);
+		HC(MAYBE, rumpuser_mutex_enter(test_mtx));
+		HC(ALWAYS, rv = rumpuser_cv_timedwait(test_cv, test_mtx, INT64_MAX / 4, 999999999));
+		CHECK(rv == 0 && flag, "signalled timedwait with a huge timeout: %d, flag %d", rv, flag);
 		/* cv_wait with the same interlock. */
 		flag = 0;
 		HC(NEVER, rumpuser_mutex_exit(test_mtx));
