@@ -4,9 +4,8 @@
 // "blk1", ... for rumprun-cli -b), mapped in order to the virtio-blk PCI
 // functions found at the first open (QEMU places -device entries in order).
 // Transfers are whole 512-byte sectors at sector offsets and run through the
-// BareMetalKit virtio-blk driver with the virtual CPU released; bio is
-// performed in the caller and its biodone called there, holding the CPU
-// again (the synchronous mode NetBSD uses with RUMP_THREADS=0).
+// BareMetalKit virtio-blk driver (which polls) without a virtual CPU; bio
+// goes through a worker thread that calls biodone holding a CPU.
 import BareMetalKit
 import CRumpUserGuest
 import DeviceInterfaces
@@ -147,23 +146,96 @@ public func rumpuserGetfileinfo(_ path: UnsafePointer<CChar>?, _ size: UnsafeMut
     }
 }
 
+/// Asynchronous block I/O as in NetBSD: `rumpuser_bio` queues the request
+/// (never waiting, never releasing the CPU) for one worker thread, which
+/// performs transfers without a CPU and then takes one (`hyp_schedule`)
+/// once per batch of up to 16 requests to call their `biodone`s. The worker
+/// gets its own lwp at start (`hyp_lwproc_newlwp`).
+enum BlockIOWorker {
+    struct Request {
+        var descriptor: Int32
+        var operation: Int32
+        var data: UnsafeMutableRawPointer?
+        var length: Int
+        var offset: Int64
+        var done: rump_biodone_fn?
+        var argument: UnsafeMutableRawPointer?
+    }
+
+    nonisolated(unsafe) static var queue: [Request] = []
+    nonisolated(unsafe) static var worker: ThreadID? = nil
+    static var batchSize: Int { 16 }
+
+    static func submit(_ request: Request) {
+        critical { queue.append(request) }
+        if let worker {
+            ThreadRuntime.wake(worker)
+            return
+        }
+        do throws(ThreadError) {
+            let control = try ThreadRuntime.spawn(name: bytes(of: "rumpuser-bio"), stackSize: GuestThreads.stackSize) { run() }
+            ThreadRuntime.detach(control)
+            worker = control.id
+        } catch {
+            // No thread: complete the queue here, in the caller.
+            let batch = critical { takeBatch() }
+            for request in batch {
+                let result = Upcalls.blocking { perform(request) }
+                request.done?(request.argument, result.0, result.1)
+            }
+        }
+    }
+
+    static func takeBatch() -> [Request] {
+        let count = min(queue.count, batchSize)
+        let batch = Array(queue[0..<count])
+        queue.removeFirst(count)
+        return batch
+    }
+
+    static func run() -> Int {
+        Upcalls.table.hyp_schedule?()
+        _ = Upcalls.table.hyp_lwproc_newlwp?(0)
+        Upcalls.table.hyp_unschedule?()
+        while true {
+            let batch = critical { takeBatch() }
+            if batch.isEmpty {
+                ThreadRuntime.block(deadline: nil)
+                continue
+            }
+            var results: [(Int, Int32)] = []
+            for request in batch { results.append(perform(request)) }
+            Upcalls.table.hyp_schedule?()
+            for index in 0..<batch.count {
+                batch[index].done?(batch[index].argument, results[index].0, results[index].1)
+            }
+            Upcalls.table.hyp_unschedule?()
+        }
+    }
+
+    /// One request, without a CPU: (bytes, NetBSD errno).
+    static func perform(_ request: Request) -> (Int, Int32) {
+        let write = request.operation & RUMPUSER_BIO_WRITE != 0
+        guard write != (request.operation & RUMPUSER_BIO_READ != 0), request.offset >= 0, request.length >= 0,
+            request.data != nil || request.length == 0
+        else { return (0, NetBSDError.EINVAL) }
+        var outcome = GuestBlockDevices.transfer(
+            request.descriptor, write: write, buffer: UnsafeMutableRawBufferPointer(start: request.data, count: request.length),
+            offset: UInt64(request.offset))
+        if outcome.1 == 0 && write && request.operation & RUMPUSER_BIO_SYNC != 0 {
+            outcome.1 = GuestBlockDevices.flush(request.descriptor)
+        }
+        return outcome
+    }
+}
+
 @_cdecl("rumpuser_bio")
 public func rumpuserBio(
     _ descriptor: Int32, _ operation: Int32, _ data: UnsafeMutableRawPointer?, _ length: Int, _ offset: Int64,
     _ done: rump_biodone_fn?, _ argument: UnsafeMutableRawPointer?
 ) {
-    let write = operation & RUMPUSER_BIO_WRITE != 0
-    var result: (Int, Int32) = (0, NetBSDError.EINVAL)
-    if write != (operation & RUMPUSER_BIO_READ != 0), offset >= 0, length >= 0, data != nil || length == 0 {
-        result = Upcalls.blocking {
-            var outcome = GuestBlockDevices.transfer(descriptor, write: write, buffer: UnsafeMutableRawBufferPointer(start: data, count: length), offset: UInt64(offset))
-            if outcome.1 == 0 && write && operation & RUMPUSER_BIO_SYNC != 0 {
-                outcome.1 = GuestBlockDevices.flush(descriptor)
-            }
-            return outcome
-        }
-    }
-    done?(argument, result.0, result.1)
+    BlockIOWorker.submit(
+        BlockIOWorker.Request(descriptor: descriptor, operation: operation, data: data, length: length, offset: offset, done: done, argument: argument))
 }
 
 /// Vectored transfer at `offset`, or at the descriptor's position (which

@@ -458,14 +458,46 @@ suite_params(void)
 	CHECK(rv == E_INVAL, "unknown _RUMPUSER name: %d (want EINVAL 22)", rv);
 }
 
-static int biodone_calls, biodone_error;
+/* bio is asynchronous: biodone arrives on another thread, holding a CPU. */
+static struct rumpuser_mtx *bio_mtx;
+static struct rumpuser_cv *bio_cv;
+
+struct biowait {
+	int calls;
+	size_t done;
+	int error;
+	struct self *submitter;
+	int cpu_held;
+	int same_thread;
+};
+
 static void
-test_biodone(void *arg, size_t done, int error)
+biowait_done(void *arg, size_t done, int error)
 {
-	(void)done;
-	CHECK(arg == &biodone_calls, "biodone argument");
-	biodone_calls++;
-	biodone_error = error;
+	struct biowait *w = arg;
+	int cpu_held = self.cpu != 0, same_thread = w->submitter == &self;
+	rumpuser_mutex_enter(bio_mtx);
+	w->calls++;
+	w->done = done;
+	w->error = error;
+	w->cpu_held = cpu_held;
+	w->same_thread = same_thread;
+	rumpuser_cv_broadcast(bio_cv);
+	rumpuser_mutex_exit(bio_mtx);
+}
+
+static void
+bio_and_wait(int fd, int op, void *data, size_t len, int64_t off, struct biowait *w)
+{
+	w->calls = 0;
+	w->submitter = &self;
+	HC(NEVER, rumpuser_bio(fd, op, data, len, off, biowait_done, w));
+	HC(MAYBE, rumpuser_mutex_enter(bio_mtx));
+	while (w->calls == 0)
+		HC(ALWAYS, rumpuser_cv_wait(bio_cv, bio_mtx));
+	HC(NEVER, rumpuser_mutex_exit(bio_mtx));
+	CHECK(w->calls == 1 && w->cpu_held && !w->same_thread,
+	    "biodone: %d calls, with a CPU %d, on the submitting thread %d", w->calls, w->cpu_held, w->same_thread);
 }
 
 static void
@@ -506,8 +538,11 @@ suite_misc(void)
 	HC(MAYBE, rv = rumpuser_close(3));
 	CHECK(rv == E_BADF, "close(3): %d", rv);
 	char block[512];
-	HC(MAYBE, rumpuser_bio(3, RUMPUSER_BIO_READ, block, sizeof(block), 0, test_biodone, &biodone_calls));
-	CHECK(biodone_calls == 1 && biodone_error == E_BADF, "bio on fd 3: %d calls, error %d", biodone_calls, biodone_error);
+	struct biowait w;
+	bio_and_wait(3, RUMPUSER_BIO_READ, block, sizeof(block), 0, &w);
+	CHECK(w.error == E_BADF, "bio on fd 3: error %d (want EBADF 9)", w.error);
+	bio_and_wait(3, RUMPUSER_BIO_READ | RUMPUSER_BIO_WRITE, block, sizeof(block), 0, &w);
+	CHECK(w.error == E_INVAL, "bio READ|WRITE: error %d (want EINVAL 22)", w.error);
 	HC(NEVER, rv = rumpuser_sp_init("unix:///x", "NetBSD", "9", "amd64"));
 	CHECK(rv == E_OPNOTSUPP, "sp_init: %d", rv);
 	HC(NEVER, rv = rumpuser_daemonize_begin());
@@ -1036,18 +1071,6 @@ pattern2(uint64_t i)
 	return (unsigned char)(i * 3 + 1);
 }
 
-static int bio_calls, bio_error;
-static size_t bio_done;
-static void
-blk_biodone(void *arg, size_t done, int error)
-{
-	CHECK(arg == &bio_calls, "biodone argument");
-	CHECK(self.cpu != 0, "biodone called without a CPU");
-	bio_calls++;
-	bio_done = done;
-	bio_error = error;
-}
-
 static uint64_t
 parse_decimal(const char *s)
 {
@@ -1106,15 +1129,39 @@ suite_blk(void)
 	/* bio: synchronous write, then read back. */
 	for (int i = 0; i < 8192; i++)
 		a[i] = pattern2((uint64_t)i);
-	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_WRITE | RUMPUSER_BIO_SYNC, a, 8192, 65536, blk_biodone, &bio_calls));
-	CHECK(bio_calls == 1 && bio_done == 8192 && bio_error == 0, "bio write: %d calls, %zu bytes, error %d", bio_calls, bio_done, bio_error);
-	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_READ, b, 8192, 65536, blk_biodone, &bio_calls));
+	struct biowait w;
+	bio_and_wait(fd, RUMPUSER_BIO_WRITE | RUMPUSER_BIO_SYNC, a, 8192, 65536, &w);
+	CHECK(w.done == 8192 && w.error == 0, "bio write: %zu bytes, error %d", w.done, w.error);
+	bio_and_wait(fd, RUMPUSER_BIO_READ, b, 8192, 65536, &w);
 	bad = 0;
 	for (int i = 0; i < 8192; i++)
 		bad += b[i] != pattern2((uint64_t)i);
-	CHECK(bio_calls == 2 && bio_done == 8192 && bio_error == 0 && bad == 0, "bio read back: %d calls, error %d, %d wrong", bio_calls, bio_error, bad);
-	HC(MAYBE, rumpuser_bio(fd, RUMPUSER_BIO_READ, b, 512, (int64_t)want_size, blk_biodone, &bio_calls));
-	CHECK(bio_calls == 3 && bio_error == E_INVAL, "bio past the end: error %d", bio_error);
+	CHECK(w.done == 8192 && w.error == 0 && bad == 0, "bio read back: error %d, %d wrong", w.error, bad);
+	bio_and_wait(fd, RUMPUSER_BIO_READ, b, 512, (int64_t)want_size, &w);
+	CHECK(w.error == E_INVAL, "bio past the end: error %d", w.error);
+
+	/* 200 queued bios of one sector each, then every completion checked. */
+	static struct biowait many[200];
+	unsigned char *c;
+	rumpuser_malloc(200 * 512, 4096, (void **)&c);
+	for (int i = 0; i < 200; i++) {
+		many[i].calls = 0;
+		many[i].submitter = &self;
+		HC(NEVER, rumpuser_bio(fd, RUMPUSER_BIO_READ, c + i * 512, 512, (int64_t)(131072 + i * 512), biowait_done, &many[i]));
+	}
+	HC(MAYBE, rumpuser_mutex_enter(bio_mtx));
+	for (int i = 0; i < 200; i++)
+		while (many[i].calls == 0)
+			HC(ALWAYS, rumpuser_cv_wait(bio_cv, bio_mtx));
+	HC(NEVER, rumpuser_mutex_exit(bio_mtx));
+	int good = 0;
+	for (int i = 0; i < 200; i++)
+		good += many[i].calls == 1 && many[i].done == 512 && many[i].error == 0 && many[i].cpu_held && !many[i].same_thread;
+	bad = 0;
+	for (int i = 0; i < 200 * 512; i++)
+		bad += c[i] != pattern1(131072 + (uint64_t)i);
+	CHECK(good == 200 && bad == 0, "200 queued bios: %d completed correctly, %d bytes wrong", good, bad);
+	rumpuser_free(c, 200 * 512);
 
 	/* iovwrite of the last sector, sync, close. */
 	const char *marker = "rumpuser guest was here";
@@ -1171,6 +1218,8 @@ main(int argc, char **argv)
 	rumpuser_curlwpop(RUMPUSER_LWP_CREATE, &main_lwp);
 	rumpuser_curlwpop(RUMPUSER_LWP_SET, &main_lwp);
 	take_cpu();
+	bio_mtx = new_mutex(RUMPUSER_MTX_KMUTEX);
+	rumpuser_cv_init(&bio_cv);
 	if (failures == 0)
 		rumpuser_dprintf("ok init (%d checks)\n", checks);
 
