@@ -68,6 +68,20 @@ var targets: [Target] = [
     ),
 ]
 
+if guest {
+    targets += [
+        // rumpuser v17 on the hw platform (opt-in: not in the bake
+        // configurations; see Docs/rumphypercall.md "Guest implementation").
+        // The C part: the shared rumpuser.h, curlwp/errno TLS, dprintf.
+        .target(name: "CRumpUserGuest", cSettings: guestCSettings),
+        .target(
+            name: "RumpUserGuest",
+            dependencies: ["CRumpUserGuest", "BareMetalKit", "DeviceInterfaces", "Rumprun", "CPUPrimitives"],
+            swiftSettings: guestSwiftSettings
+        ),
+    ]
+}
+
 var products: [Product] = [
     .library(name: "BareMetalKit", targets: ["BareMetalKit"]),
     .library(name: "Rumprun", targets: ["Rumprun"]),
