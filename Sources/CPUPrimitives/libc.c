@@ -5,30 +5,48 @@
 #include <stdint.h>
 #include "CPUPrimitives.h"
 
+// The string moves use the x86 string instructions: eight bytes per step
+// with MOVSQ/STOSQ, then the tail with MOVSB/STOSB. Under KVM the CPU runs
+// them at cache speed (ERMSB); under QEMU's TCG each step is one emulated
+// instruction, eight times fewer than a byte loop. The direction flag is
+// clear here (the ABI requires it at every call, and the entry and interrupt
+// paths clear it).
 void *memset(void *destination, int value, size_t count) {
-    unsigned char *d = destination;
-    while (count--) *d++ = (unsigned char)value;
+    void *d = destination;
+    uint64_t pattern = (uint8_t)value * 0x0101010101010101ull;
+    size_t words = count >> 3, bytes = count & 7;
+    __asm__ volatile("rep stosq" : "+D"(d), "+c"(words) : "a"(pattern) : "memory");
+    __asm__ volatile("rep stosb" : "+D"(d), "+c"(bytes) : "a"(pattern) : "memory");
     return destination;
 }
 
 void *memcpy(void *restrict destination, const void *restrict source, size_t count) {
-    unsigned char *d = destination;
-    const unsigned char *s = source;
-    while (count--) *d++ = *s++;
+    void *d = destination;
+    const void *s = source;
+    size_t words = count >> 3, bytes = count & 7;
+    __asm__ volatile("rep movsq" : "+D"(d), "+S"(s), "+c"(words) : : "memory");
+    __asm__ volatile("rep movsb" : "+D"(d), "+S"(s), "+c"(bytes) : : "memory");
     return destination;
 }
+
+typedef uint64_t __attribute__((may_alias, aligned(1))) unaligned_word;
 
 void *memmove(void *destination, const void *source, size_t count) {
     unsigned char *d = destination;
     const unsigned char *s = source;
     if (d == s || count == 0) return destination;
-    if (d < s) {
-        while (count--) *d++ = *s++;
-    } else {
-        d += count;
-        s += count;
-        while (count--) *--d = *--s;
+    if (d < s || d >= s + count) return memcpy(destination, source, count);
+    // Overlapping with the destination above the source: copy from the end,
+    // a word at a time, then the leading bytes.
+    d += count;
+    s += count;
+    while (count >= 8) {
+        d -= 8;
+        s -= 8;
+        *(unaligned_word *)d = *(const unaligned_word *)s;
+        count -= 8;
     }
+    while (count--) *--d = *--s;
     return destination;
 }
 

@@ -2,6 +2,11 @@
 // over the usable regions of the memory map (E820 via multiboot or PVH), with
 // blocks from 4 KiB (order 0) to 1 GiB (order 18) aligned to their size.
 //
+// Lookups that index `zones` are `mutating` although they change nothing:
+// a non-mutating method copies the whole 3.6 KB allocator to its stack
+// before indexing the inline array (Swift 6.3, Embedded), which made every
+// free() slow and 11 KiB deep. Inout access indexes in place.
+//
 // All bookkeeping lives in metadata arrays outside the managed frames (one
 // state byte and two 32-bit free-list links per frame, 9 bytes per 4 KiB), so
 // free memory is never written and need not even be mapped.
@@ -217,15 +222,16 @@ public struct PhysicalPageAllocator: FrameAllocator {
             throw .notAllocated(address: address.rawValue)
         }
         let count = UInt64(zones[zoneIndex].links![Int(index) * 2])
-        forEachPiece(from: zones[zoneIndex].firstFrame + index, count: count) { frame, _ in
-            state[Int(frame - zones[zoneIndex].firstFrame)] = 0
+        let firstFrame = zones[zoneIndex].firstFrame
+        Self.forEachPiece(from: firstFrame + index, count: count) { frame, _ in
+            state[Int(frame - firstFrame)] = 0
         }
         releaseRange(zoneIndex: zoneIndex, from: index, count: count)
     }
 
     /// The frame count of the live allocation starting at `address`, or nil
     /// when no allocation starts there.
-    public func allocatedFrameCount(at address: PhysicalAddress) -> UInt64? {
+    public mutating func allocatedFrameCount(at address: PhysicalAddress) -> UInt64? {
         guard address.isAligned(to: Self.frameSize), let (zoneIndex, index) = try? locate(address),
             zones[zoneIndex].state![Int(index)] & 0xE0 == Self.allocatedHead
         else { return nil }
@@ -278,7 +284,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
         value <= 1 ? 0 : 64 - (value - 1).leadingZeroBitCount
     }
 
-    func locate(_ address: PhysicalAddress) throws(PageAllocatorError) -> (Int, UInt64) {
+    mutating func locate(_ address: PhysicalAddress) throws(PageAllocatorError) -> (Int, UInt64) {
         let frame = address.rawValue / Self.frameSize
         for zoneIndex in 0..<regionCount {
             let zone = zones[zoneIndex]
@@ -289,7 +295,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
 
     /// Calls `body(frame, order)` for the greedy decomposition of
     /// `[frame, frame + count)` into aligned power-of-two blocks.
-    func forEachPiece(from frame: UInt64, count: UInt64, _ body: (UInt64, Int) -> Void) {
+    static func forEachPiece(from frame: UInt64, count: UInt64, _ body: (UInt64, Int) -> Void) {
         var current = frame
         let end = frame + count
         while current < end {
@@ -304,7 +310,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
     mutating func markAllocated(zoneIndex: Int, index: UInt64, count: UInt64) {
         let zone = zones[zoneIndex]
         var isFirst = true
-        forEachPiece(from: zone.firstFrame + index, count: count) { frame, order in
+        Self.forEachPiece(from: zone.firstFrame + index, count: count) { frame, order in
             zone.state![Int(frame - zone.firstFrame)] = (isFirst ? Self.allocatedHead : Self.allocatedPiece) | UInt8(order)
             isFirst = false
         }
@@ -321,7 +327,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
         // Decompose in batches (at most 2 pieces per order boundary).
         while current < end {
             pieceCount = 0
-            forEachPiece(from: current, count: end - current) { frame, order in
+            Self.forEachPiece(from: current, count: end - current) { frame, order in
                 if pieceCount < 64 {
                     pieces[pieceCount] = (frame, order)
                     pieceCount += 1
@@ -381,7 +387,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
 
     /// The smallest free block of at least `order` whose first 2^order
     /// frames end at or below `limitFrame`: (zone, index, order).
-    func findFreeBlock(order: Int, limitFrame: UInt64) -> (Int, UInt64, Int)? {
+    mutating func findFreeBlock(order: Int, limitFrame: UInt64) -> (Int, UInt64, Int)? {
         for candidate in order...Self.maximumOrder {
             for zoneIndex in 0..<regionCount {
                 let zone = zones[zoneIndex]
@@ -399,7 +405,7 @@ public struct PhysicalPageAllocator: FrameAllocator {
     }
 
     /// The free block containing `frame`: (head frame, order).
-    func freeBlock(containing frame: UInt64, zoneIndex: Int) -> (UInt64, Int)? {
+    mutating func freeBlock(containing frame: UInt64, zoneIndex: Int) -> (UInt64, Int)? {
         let zone = zones[zoneIndex]
         for order in 0...Self.maximumOrder {
             let head = frame & ~((1 << UInt64(order)) - 1)

@@ -11,8 +11,9 @@ public protocol PageSource {
     /// Returns pages obtained from `allocatePages`.
     mutating func freePages(_ pointer: UnsafeMutableRawPointer)
     /// The page count of the live allocation starting exactly at `pointer`,
-    /// or nil when no page allocation starts there.
-    func allocatedPageCount(at pointer: UnsafeRawPointer) -> Int?
+    /// or nil when no page allocation starts there. Mutating only so that
+    /// a large allocator is passed by address, never copied to the stack.
+    mutating func allocatedPageCount(at pointer: UnsafeRawPointer) -> Int?
 }
 
 /// Pages from a `PhysicalPageAllocator`, reached through a mapping.
@@ -41,7 +42,7 @@ public struct PhysicalPageSource<Mapping: ReversibleFrameMapping>: PageSource {
         }
     }
 
-    public func allocatedPageCount(at pointer: UnsafeRawPointer) -> Int? {
+    public mutating func allocatedPageCount(at pointer: UnsafeRawPointer) -> Int? {
         allocator.allocatedFrameCount(at: mapping.physicalAddress(of: pointer)).map { Int($0) }
     }
 }
@@ -170,14 +171,14 @@ public struct SizeClassHeap<Pages: PageSource> {
             return
         }
         let (slab, objectIndex) = try locateSmall(pointer)
-        let bit = bitmapWord(slab, objectIndex)
+        let bit = Self.bitmapWord(slab, objectIndex)
         guard bit.pointee & (1 << UInt64(objectIndex % 64)) != 0 else {
             throw .doubleFree(address: UInt(bitPattern: pointer))
         }
         bit.pointee &= ~(1 << UInt64(objectIndex % 64))
         let index = Int(slab.load(fromByteOffset: Self.classOffset, as: UInt16.self))
         let inUse = slab.load(fromByteOffset: Self.inUseOffset, as: UInt16.self)
-        let wasFull = isFull(slab, classIndex: index)
+        let wasFull = Self.isFull(slab, classIndex: index)
         pointer.storeBytes(of: slab.load(fromByteOffset: Self.freeListOffset, as: UInt32.self), as: UInt32.self)
         slab.storeBytes(of: UInt32(pointer - slab), toByteOffset: Self.freeListOffset, as: UInt32.self)
         slab.storeBytes(of: inUse - 1, toByteOffset: Self.inUseOffset, as: UInt16.self)
@@ -196,11 +197,12 @@ public struct SizeClassHeap<Pages: PageSource> {
         }
     }
 
-    /// The bytes usable at an allocation made here.
-    public func usableSize(_ pointer: UnsafeRawPointer) throws(SizeClassHeapError) -> Int {
+    /// The bytes usable at an allocation made here. (Mutating for the same
+    /// reason as `PageSource.allocatedPageCount`: no copy of the heap.)
+    public mutating func usableSize(_ pointer: UnsafeRawPointer) throws(SizeClassHeapError) -> Int {
         if let count = pages.allocatedPageCount(at: pointer) { return count * Self.pageSize }
         let (slab, objectIndex) = try locateSmall(pointer)
-        guard bitmapWord(slab, objectIndex).pointee & (1 << UInt64(objectIndex % 64)) != 0 else {
+        guard Self.bitmapWord(slab, objectIndex).pointee & (1 << UInt64(objectIndex % 64)) != 0 else {
             throw .notAnAllocation(address: UInt(bitPattern: pointer))
         }
         return Self.classSize(Int(slab.load(fromByteOffset: Self.classOffset, as: UInt16.self)))
@@ -259,23 +261,23 @@ public struct SizeClassHeap<Pages: PageSource> {
         }
         slab.storeBytes(of: inUse + 1, toByteOffset: Self.inUseOffset, as: UInt16.self)
         let objectIndex = (object - slab - Int(slab.load(fromByteOffset: Self.firstObjectOffset, as: UInt16.self))) / size
-        bitmapWord(slab, objectIndex).pointee |= 1 << UInt64(objectIndex % 64)
-        if isFull(slab, classIndex: index) { removePartial(slab, classIndex: index) }
+        Self.bitmapWord(slab, objectIndex).pointee |= 1 << UInt64(objectIndex % 64)
+        if Self.isFull(slab, classIndex: index) { removePartial(slab, classIndex: index) }
         return object
     }
 
-    func isFull(_ slab: UnsafeMutableRawPointer, classIndex index: Int) -> Bool {
+    static func isFull(_ slab: UnsafeMutableRawPointer, classIndex index: Int) -> Bool {
         let uncarved = Int(slab.load(fromByteOffset: Self.uncarvedOffset, as: UInt32.self))
         return slab.load(fromByteOffset: Self.freeListOffset, as: UInt32.self) == 0
             && uncarved + Self.classSize(index) > Self.slabSize
     }
 
-    func bitmapWord(_ slab: UnsafeMutableRawPointer, _ objectIndex: Int) -> UnsafeMutablePointer<UInt64> {
+    static func bitmapWord(_ slab: UnsafeMutableRawPointer, _ objectIndex: Int) -> UnsafeMutablePointer<UInt64> {
         (slab + Self.bitmapOffset).assumingMemoryBound(to: UInt64.self) + objectIndex / 64
     }
 
     /// The slab and object index of a small allocation's pointer.
-    func locateSmall(_ pointer: UnsafeRawPointer) throws(SizeClassHeapError) -> (UnsafeMutableRawPointer, Int) {
+    mutating func locateSmall(_ pointer: UnsafeRawPointer) throws(SizeClassHeapError) -> (UnsafeMutableRawPointer, Int) {
         let address = UInt(bitPattern: pointer)
         let slab = UnsafeMutableRawPointer(bitPattern: address & ~UInt(Self.slabSize - 1))
         guard let slab, pages.allocatedPageCount(at: slab) == Self.slabSize / Self.pageSize else {
