@@ -10,6 +10,25 @@
     .section .text.exceptions, "ax"
     .code64
 
+/* The general-purpose registers in the frame order above (rax pushed first). */
+.macro SAVE_GENERAL_REGISTERS
+    pushq %rax
+    pushq %rbx
+    pushq %rcx
+    pushq %rdx
+    pushq %rsi
+    pushq %rdi
+    pushq %rbp
+    pushq %r8
+    pushq %r9
+    pushq %r10
+    pushq %r11
+    pushq %r12
+    pushq %r13
+    pushq %r14
+    pushq %r15
+.endm
+
 .macro EXCEPTION_STUB vector, has_error_code
 bmk_exception_stub_\vector:
     .if \has_error_code == 0
@@ -53,21 +72,8 @@ EXCEPTION_STUB 30, 1
 EXCEPTION_STUB 31, 0
 
 bmk_exception_common:
-    pushq %rax
-    pushq %rbx
-    pushq %rcx
-    pushq %rdx
-    pushq %rsi
-    pushq %rdi
-    pushq %rbp
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    cld                      /* the ABI's direction flag for the Swift handler */
+    SAVE_GENERAL_REGISTERS
     movq %rsp, %rdi
     andq $-16, %rsp
     call bmk_exception
@@ -108,21 +114,7 @@ bmk_interrupt_stub_base:
 
 bmk_interrupt_common:
     cld
-    pushq %rax
-    pushq %rbx
-    pushq %rcx
-    pushq %rdx
-    pushq %rsi
-    pushq %rdi
-    pushq %rbp
-    pushq %r8
-    pushq %r9
-    pushq %r10
-    pushq %r11
-    pushq %r12
-    pushq %r13
-    pushq %r14
-    pushq %r15
+    SAVE_GENERAL_REGISTERS
     movq %rsp, %rdi
     movq %rsp, %r12          /* callee-saved: survives the call */
     andq $-16, %rsp

@@ -290,8 +290,8 @@ public enum SystemClock {
 }
 
 /// Firmware facts the clocks need (ACPI FADT century and RTC presence, the
-/// HPET's address), read through the live page tables so that tables in
-/// unmapped memory count as absent rather than faulting.
+/// HPET's address), taken from the platform's one reading of the firmware
+/// tables (`Platform.firmware`).
 struct FirmwareFacts {
     var century: UInt8 = 0
     var rtcAbsent = false
@@ -299,69 +299,17 @@ struct FirmwareFacts {
 
     static func read() -> FirmwareFacts {
         var facts = FirmwareFacts()
-        let memory = MappedMemory()
-        guard let rsdp = Platform.boot?.rsdpAddress ?? ACPITables.findRSDP(memory: memory) else { return facts }
-        do throws(FirmwareTableError) {
-            let tables = try ACPITables(memory: memory, rsdpAddress: rsdp)
-            if let fadt = try tables.fadt() {
-                facts.century = fadt.century
-                facts.rtcAbsent = fadt.cmosRTCNotPresent
-            }
-            if let hpet = try tables.hpet(), hpet.baseAddress.addressSpaceID == 0,
-                hpet.baseAddress.address >= Platform.deviceWindowStart, hpet.baseAddress.address < 0x1_0000_0000
-            {
-                facts.hpetBase = hpet.baseAddress.address
-            }
-        } catch {}
-        MappedMemory.unmapTemporaryPages()
-        return facts
-    }
-}
-
-/// Physical memory below the device window as the live page tables map it
-/// (identity). Firmware tables often sit in E820-reserved memory, which the
-/// kernel tables leave unmapped: such a page is mapped read-only+NX on
-/// first touch, until `unmapTemporaryPages`. Nil for the null page, the device
-/// window, and pages that cannot be mapped.
-struct MappedMemory: PhysicalMemoryReader {
-    /// The last page found mapped (a page walk per byte made ACPI parsing
-    /// cost tens of milliseconds under TCG).
-    nonisolated(unsafe) static var lastMappedPage: UInt64 = 0
-    /// Pages this reader mapped; `unmapTemporaryPages` removes them again so
-    /// that whoever maps firmware memory for good later finds it unmapped.
-    nonisolated(unsafe) static var temporaryPages: [UInt64] = []
-
-    static func unmapTemporaryPages() {
-        for page in temporaryPages {
-            do throws(PageTableError) {
-                _ = try Platform.pageTables!.unmap(range: VirtualAddress(page), byteCount: PageSize.small, allocator: &Platform.heap!.pages.allocator)
-            } catch {
-                Platform.panic("clock: cannot unmap a firmware-table page again")
-            }
-            cpu_invalidate_page(page)
+        let firmware = Platform.firmware
+        if let fadt = firmware.fadt {
+            facts.century = fadt.century
+            facts.rtcAbsent = fadt.cmosRTCNotPresent
         }
-        temporaryPages = []
-        lastMappedPage = 0
-    }
-
-    func loadByte(at address: UInt64) -> UInt8? {
-        guard address >= 0x1000, address < Platform.deviceWindowStart else { return nil }
-        let page = address & ~UInt64(0xFFF)
-        if page != Self.lastMappedPage, Platform.pageTables != nil, Platform.heap != nil,
-            Platform.pageTables!.translate(VirtualAddress(address)) == nil
+        if let hpet = firmware.hpet, hpet.baseAddress.addressSpaceID == 0,
+            hpet.baseAddress.address >= Platform.deviceWindowStart, hpet.baseAddress.address < 0x1_0000_0000
         {
-            do throws(PageTableError) {
-                try Platform.pageTables!.map(
-                    VirtualAddress(page), to: PhysicalAddress(page), attributes: .readOnly,
-                    allocator: &Platform.heap!.pages.allocator)
-            } catch {
-                return nil
-            }
-            cpu_invalidate_page(page)
-            Self.temporaryPages.append(page)
+            facts.hpetBase = hpet.baseAddress.address
         }
-        Self.lastMappedPage = page
-        return cpu_load8(UInt(address))
+        return facts
     }
 }
 #endif
