@@ -98,5 +98,14 @@ public func rumpuserInit(_ version: Int32, _ hyperup: UnsafePointer<rumpuser_hyp
     }
     guard let hyperup else { return NetBSDError.EINVAL }
     Upcalls.table = hyperup.pointee
+    // Rump PCI interrupt handlers run on the platform's interrupt thread
+    // with a rump CPU, as an lwp of their own (made once).
+    RumpPCIInterrupts.threadStart = {
+        Upcalls.table.hyp_schedule?()
+        _ = Upcalls.table.hyp_lwproc_newlwp?(0)
+        Upcalls.table.hyp_unschedule?()
+    }
+    RumpPCIInterrupts.enterKernel = { Upcalls.table.hyp_schedule?() }
+    RumpPCIInterrupts.leaveKernel = { Upcalls.table.hyp_unschedule?() }
     return 0
 }

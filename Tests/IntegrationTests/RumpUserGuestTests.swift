@@ -85,6 +85,18 @@ enum RumpUserGuestImage {
         #expect(data[(lastSector.lowerBound + marker.count)...].allSatisfy { $0 == 0 })
     }
 
+    /// rumpcomp_pci_irq_establish on QEMU's e1000 (INTx through the IOAPIC):
+    /// the fake kernel raises the interrupt 100 times through the device's
+    /// ICS register; the handler must run each time, on the interrupt thread
+    /// with a rump CPU held, and never without a cause.
+    @Test func pciInterruptsReachAnEstablishedHandlerOnTheInterruptThread() throws {
+        let run = try RumpUserGuestImage.run(machine: "pc", ["-e", "RUMPTEST_PCI_IRQ=1", "-I", "net0,e1000,user"])
+        #expect(run.status == 0, "status \(run.status)\n\(run.stdout)\n\(run.stderr)")
+        #expect(!run.stdout.contains("FAIL"), "\(run.stdout)")
+        #expect(run.stdout.contains("ok pci_irq ("), "\(run.stdout)")
+        #expect(run.stdout.contains("pci: 100 interrupts handled on the interrupt thread"), "\(run.stdout)")
+    }
+
     @Test func theGuestModulesDefineEveryFunctionOfTheSharedHeader() throws {
         _ = try RumpUserGuestImage.image.get()
         let root = Integration.sourceRoot

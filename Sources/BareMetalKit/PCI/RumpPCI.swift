@@ -101,14 +101,129 @@ public func rumpcomp_pci_irq_map(
     return 0
 }
 
-/// Not available yet: the hw platform has no interrupt-handler registry
-/// (LAPIC/IOAPIC routing is separate work), so establishing fails with
-/// NULL, which the rump PCI glue reports as an attach failure.
+/// Establishes `handler(data)` for the INTx line `rumpcomp_pci_irq_map`
+/// gave the cookie. The handler runs on the rump interrupt thread with a
+/// rump CPU held (`RumpPCIInterrupts`), never in the hardware handler.
+/// Returns an opaque non-NULL handle, or NULL (the glue then fails the
+/// attach) for an unmapped cookie, a line the firmware tables cannot
+/// route, no interrupt layer, or no memory.
 @_cdecl("rumpcomp_pci_irq_establish")
 public func rumpcomp_pci_irq_establish(
     _ cookie: CUnsignedInt, _ handler: (@convention(c) (UnsafeMutableRawPointer?) -> CInt)?, _ data: UnsafeMutableRawPointer?
 ) -> UnsafeMutableRawPointer? {
-    nil
+    guard let handler, Int(cookie) < RumpPCI.interruptLines.count, let mapped = RumpPCI.interruptLines[Int(cookie)] else {
+        return nil
+    }
+    return RumpPCIInterrupts.establish(cookie: Int(cookie), line: mapped.line, handler: handler, data: data)
+}
+
+/// Interrupts of rump kernel PCI drivers. NetBSD's interrupt handlers take
+/// kernel locks, so they need a thread that holds a rump CPU: the hardware
+/// handler only masks the line, marks it pending and wakes one interrupt
+/// thread; that thread enters the rump kernel, calls every handler
+/// established on the line, leaves, and unmasks the line. (A level-triggered
+/// line stays masked until the driver has quieted its device, so it cannot
+/// storm while the thread waits to run.)
+public enum RumpPCIInterrupts {
+    public typealias Handler = @convention(c) (UnsafeMutableRawPointer?) -> CInt
+
+    /// Set by the rumpuser layer at `rumpuser_init`: run once by the
+    /// interrupt thread before its first handler (to become a kernel lwp),
+    /// and around each batch of handlers (take and release a rump CPU).
+    /// Nil hooks call the handlers bare.
+    public nonisolated(unsafe) static var threadStart: (() -> Void)? = nil
+    public nonisolated(unsafe) static var enterKernel: (() -> Void)? = nil
+    public nonisolated(unsafe) static var leaveKernel: (() -> Void)? = nil
+
+    struct Line {
+        var cookie: Int
+        var registration: InterruptRegistration
+        var pending = false
+    }
+    struct Established {
+        var cookie: Int
+        var handler: Handler
+        var data: UnsafeMutableRawPointer?
+    }
+    nonisolated(unsafe) static var lines: [Line] = []
+    nonisolated(unsafe) static var established: [Established] = []
+    nonisolated(unsafe) static var thread: ThreadID? = nil
+
+    /// Handler calls that claimed (returned nonzero) and that did not.
+    public nonisolated(unsafe) static var claimedCount: UInt64 = 0
+    public nonisolated(unsafe) static var unclaimedCount: UInt64 = 0
+
+    static func establish(cookie: Int, line value: CInt, handler: Handler, data: UnsafeMutableRawPointer?) -> UnsafeMutableRawPointer? {
+        guard Interrupts.isRunning, value > 0, value < 255,
+            let line = Interrupts.routing?.line(pciInterruptLine: UInt8(value))
+        else { return nil }
+        if thread == nil {
+            do throws(ThreadError) {
+                thread = try ThreadRuntime.spawn(name: Array("rumpintr".utf8), priority: ThreadRuntime.normalPriority) {
+                    RumpPCIInterrupts.serve()
+                }.id
+            } catch {
+                return nil
+            }
+        }
+        let handle = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
+        handle.storeBytes(of: UInt64(established.count), as: UInt64.self)
+        // With interrupts off, the line cannot fire between its unmasking
+        // in `register` and `lines` knowing its registration.
+        let flags = cpu_save_and_disable_interrupts()
+        defer { cpu_restore_interrupts(flags) }
+        established.append(Established(cookie: cookie, handler: handler, data: data))
+        if !lines.contains(where: { $0.cookie == cookie }) {
+            let index = lines.count
+            do throws(InterruptError) {
+                let registration = try Interrupts.register(line: line) { _ in RumpPCIInterrupts.interrupt(index) }
+                lines.append(Line(cookie: cookie, registration: registration))
+            } catch {
+                established.removeLast()
+                handle.deallocate()
+                return nil
+            }
+        }
+        return handle
+    }
+
+    /// The hardware handler of line `index`: mask, mark, wake.
+    static func interrupt(_ index: Int) -> Bool {
+        guard index < lines.count else { return false }
+        Interrupts.setMasked(lines[index].registration, true)
+        lines[index].pending = true
+        if let thread { _ = ThreadRuntime.wake(thread) }
+        return true
+    }
+
+    /// The interrupt thread: waits for pending lines and runs their handlers.
+    static func serve() -> Int {
+        threadStart?()
+        while true {
+            var next: Int? = nil
+            Interrupts.withInterruptsDisabled {
+                if let index = lines.firstIndex(where: { $0.pending }) {
+                    lines[index].pending = false
+                    next = index
+                }
+            }
+            guard let index = next else {
+                ThreadRuntime.block()
+                continue
+            }
+            let cookie = lines[index].cookie
+            enterKernel?()
+            var position = 0
+            while position < established.count {
+                let entry = established[position]
+                position += 1
+                guard entry.cookie == cookie else { continue }
+                if entry.handler(entry.data) != 0 { claimedCount += 1 } else { unclaimedCount += 1 }
+            }
+            leaveKernel?()
+            Interrupts.setMasked(lines[index].registration, false)
+        }
+    }
 }
 
 /// Physically contiguous, zeroed pages for DMA: `size` rounded up to pages,
