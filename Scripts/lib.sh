@@ -7,6 +7,9 @@ ensure_packages() {
     [ -f /usr/include/libelf.h ] && [ -f /usr/include/gelf.h ] || missing+=(libelf-dev)
     [ -f /usr/include/xen/xen.h ] || missing+=(libxen-dev)
     command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]}"
         if [ "$(id -u)" -ne 0 ]; then
