@@ -30,6 +30,46 @@ func hex(_ text: String) -> [UInt8] {
     #expect(InternetChecksum.of([0x01, 0x00, 0x02][...]) == 0xFCFF)
 }
 
+/// The word-at-a-time sum against the definition (big-endian 16-bit words,
+/// odd tail padded), for every length up to 80 and longer random buffers,
+/// whole and split into pieces at random (odd) boundaries.
+@Test func checksumEqualsTheByteWiseDefinition() {
+    func reference(_ bytes: [UInt8]) -> UInt16 {
+        var sum: UInt64 = 0
+        var index = 0
+        while index < bytes.count {
+            sum += UInt64(bytes[index]) << 8 | (index + 1 < bytes.count ? UInt64(bytes[index + 1]) : 0)
+            index += 2
+        }
+        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+        return ~UInt16(sum)
+    }
+    var generator = SystemRandomNumberGenerator()
+    var lengths = Array(0...80) + [1459, 1460, 1500, 9000, 65535]
+    for _ in 0..<50 { lengths.append(Int.random(in: 81...4000, using: &generator)) }
+    for length in lengths {
+        for pattern in 0..<3 {
+            let bytes: [UInt8] = (0..<length).map { index in
+                switch pattern {
+                case 0: return UInt8.random(in: 0...255, using: &generator)
+                case 1: return 0xFF
+                default: return UInt8(truncatingIfNeeded: index)
+                }
+            }
+            #expect(InternetChecksum.of(bytes[...]) == reference(bytes), "length \(length) pattern \(pattern)")
+            var pieces = InternetChecksum()
+            var start = 0
+            while start < length {
+                let end = min(length, start + Int.random(in: 1...37, using: &generator))
+                pieces.add(bytes[start..<end])
+                start = end
+            }
+            #expect(pieces.value == reference(bytes), "length \(length) in pieces")
+        }
+    }
+    #expect(InternetChecksum.of([UInt8](repeating: 0, count: 64)[...]) == 0xFFFF)
+}
+
 @Test func ipv4HeaderChecksumKnownVector() throws {
     // 4500+0073+0000+4000+4011+c0a8+0001+c0a8+00c7 = 2479c -> 479e -> ~ = b861.
     let bytes = hex("45 00 00 73 00 00 40 00 40 11 b8 61 c0 a8 00 01 c0 a8 00 c7") + [UInt8](repeating: 0xAB, count: 0x73 - 20)

@@ -34,6 +34,7 @@ public struct InternetChecksum: Sendable {
 
     /// Adds bytes in network order.
     public mutating func add(bytes buffer: UnsafeRawBufferPointer) {
+        guard let base = buffer.baseAddress else { return }
         var index = 0
         let count = buffer.count
         if odd && count > 0 {
@@ -41,7 +42,19 @@ public struct InternetChecksum: Sendable {
             index = 1
             odd = false
         }
-        var local: UInt64 = 0
+        // Eight bytes per step, loaded in the machine's (little-endian)
+        // order: the one's complement sum does not depend on byte order
+        // (RFC 1071 §2(B)), so the sum of the byte-swapped words, folded,
+        // is the byte-swapped sum of the network-order words. Each step adds
+        // two 32-bit halves (2^16 ≡ 1 modulo 0xFFFF), far from overflowing.
+        var swapped: UInt64 = 0
+        while index + 8 <= count {
+            let word = base.loadUnaligned(fromByteOffset: index, as: UInt64.self).littleEndian
+            swapped &+= (word & 0xFFFF_FFFF) &+ (word >> 32)
+            index += 8
+        }
+        while swapped > 0xFFFF { swapped = (swapped & 0xFFFF) &+ (swapped >> 16) }
+        var local = UInt64(UInt16(truncatingIfNeeded: swapped).byteSwapped)
         while index + 1 < count {
             local &+= UInt64(buffer[index]) << 8 | UInt64(buffer[index + 1])
             index += 2
