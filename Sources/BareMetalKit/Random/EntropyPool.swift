@@ -198,45 +198,41 @@ public final class EntropyPool<Source: EntropySource> {
             count += 1
             if count == 4 { flush() }
         }
-        if source.hasSeedInstruction {
+        /// Up to `words` plausible words from one instruction: a failed read
+        /// is retried, an implausible word (0, all ones, a repeat) rejected;
+        /// a word that exhausts `retries` ends this instruction's turn.
+        func draw(retries: Int, creditBits: Int, last: inout UInt64?, _ read: () -> UInt64?) -> (accepted: Int, failures: Int) {
+            var accepted = 0
+            var failures = 0
             wordLoop: for _ in 0..<words {
-                for _ in 0..<Self.seedRetryLimit {
-                    guard let value = source.readSeed() else {
-                        report.seedFailures += 1
+                for _ in 0..<retries {
+                    guard let value = read() else {
+                        failures += 1
                         continue
                     }
-                    if plausible(value, previous: lastSeedWord) {
-                        lastSeedWord = value
+                    let isPlausible = plausible(value, previous: last)
+                    last = value
+                    if isPlausible {
                         keep(value)
-                        report.seedWords += 1
-                        credit(64)
+                        accepted += 1
+                        credit(creditBits)
                         continue wordLoop
                     }
-                    lastSeedWord = value
                     report.rejectedWords += 1
                 }
                 break
             }
+            return (accepted, failures)
+        }
+        if source.hasSeedInstruction {
+            let drawn = draw(retries: Self.seedRetryLimit, creditBits: 64, last: &lastSeedWord) { source.readSeed() }
+            report.seedWords += drawn.accepted
+            report.seedFailures += drawn.failures
         }
         if source.hasRandomInstruction {
-            wordLoop: for _ in 0..<words {
-                for _ in 0..<Self.randomRetryLimit {
-                    guard let value = source.readRandom() else {
-                        report.randomFailures += 1
-                        continue
-                    }
-                    if plausible(value, previous: lastRandomWord) {
-                        lastRandomWord = value
-                        keep(value)
-                        report.randomWords += 1
-                        credit(16)
-                        continue wordLoop
-                    }
-                    lastRandomWord = value
-                    report.rejectedWords += 1
-                }
-                break
-            }
+            let drawn = draw(retries: Self.randomRetryLimit, creditBits: 16, last: &lastRandomWord) { source.readRandom() }
+            report.randomWords += drawn.accepted
+            report.randomFailures += drawn.failures
         }
         flush()
     }
