@@ -251,13 +251,13 @@ public func putchar(_ character: CInt) -> CInt {
 
 @_cdecl("bmk_heap_allocate")
 public func heapAllocate(_ size: Int, _ alignment: Int) -> UnsafeMutableRawPointer? {
-    Platform.heap?.allocate(size: size, alignment: alignment)
+    MemoryLock.withLock { Platform.heap?.allocate(size: size, alignment: alignment) }
 }
 
 @_cdecl("bmk_heap_usable_size")
 public func heapUsableSize(_ pointer: UnsafeMutableRawPointer) -> Int {
     do {
-        return try Platform.heap!.usableSize(pointer)
+        return try MemoryLock.withLock { () throws(SizeClassHeapError) in try Platform.heap!.usableSize(pointer) }
     } catch {
         Platform.panic("realloc of a pointer the heap did not hand out")
     }
@@ -266,7 +266,7 @@ public func heapUsableSize(_ pointer: UnsafeMutableRawPointer) -> Int {
 @_cdecl("bmk_heap_free")
 public func heapFree(_ pointer: UnsafeMutableRawPointer?) {
     do {
-        try Platform.heap?.free(pointer)
+        try MemoryLock.withLock { () throws(SizeClassHeapError) in try Platform.heap?.free(pointer) }
     } catch {
         Platform.panic("free of a pointer the heap did not hand out, or a double free")
     }

@@ -19,6 +19,7 @@ extension Integration {
         #expect(run.stdout.contains("smp: atomic total \(total) of \(total)\n"))
         let locked = 16_000 / processors * processors
         #expect(run.stdout.contains("smp: locked total \(locked) of \(locked)\n"))
+        #expect(run.stdout.contains("smp: heap churn on \(processors) cpus: 0 corrupted blocks, bytes in use back to start\n"), "\(run.stdout)")
         #expect(run.status == 0, "\(run.stdout)\n\(run.stderr)")
     }
 

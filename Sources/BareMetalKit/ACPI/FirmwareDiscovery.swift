@@ -106,9 +106,11 @@ public enum FirmwareDiscovery {
         }
         guard Platform.heap != nil else { return false }
         do throws(PageTableError) {
-            try mapper.map(
-                VirtualAddress(page), to: PhysicalAddress(page), size: .small, attributes: .readOnly,
-                allocator: &Platform.heap!.pages.allocator)
+            try MemoryLock.withLock { () throws(PageTableError) in
+                try mapper.map(
+                    VirtualAddress(page), to: PhysicalAddress(page), size: .small, attributes: .readOnly,
+                    allocator: &Platform.heap!.pages.allocator)
+            }
         } catch {
             return false
         }

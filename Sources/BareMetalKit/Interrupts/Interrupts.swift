@@ -158,9 +158,11 @@ public enum Interrupts {
         guard var mapper = Platform.pageTables, Platform.heap != nil else { return false }
         if mapper.translate(VirtualAddress(address)) != nil { return true }
         do throws(PlatformCoreError) {
-            try PlatformCore.mapDevice(
-                PhysicalRange(start: PhysicalAddress(address & ~0xFFF), end: PhysicalAddress((address + length + 0xFFF) & ~0xFFF)),
-                mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
+            try MemoryLock.withLock { () throws(PlatformCoreError) in
+                try PlatformCore.mapDevice(
+                    PhysicalRange(start: PhysicalAddress(address & ~0xFFF), end: PhysicalAddress((address + length + 0xFFF) & ~0xFFF)),
+                    mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
+            }
         } catch {
             return false
         }

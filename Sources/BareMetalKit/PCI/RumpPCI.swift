@@ -236,7 +236,7 @@ public func rumpcomp_pci_dmalloc(
     guard let physical, let virtual, size > 0, align >= 0, align & (align &- 1) == 0 else { return RumpPCIErrno.invalid }
     guard Platform.heap != nil else { return RumpPCIErrno.noMemory }
     let pages = (size + 4095) / 4096
-    guard let memory = Platform.heap!.pages.allocatePages(count: pages, alignment: max(align, 4096)) else {
+    guard let memory = MemoryLock.withLock({ Platform.heap!.pages.allocatePages(count: pages, alignment: max(align, 4096)) }) else {
         return RumpPCIErrno.noMemory
     }
     memory.initializeMemory(as: UInt8.self, repeating: 0, count: pages * 4096)
@@ -250,14 +250,14 @@ public func rumpcomp_pci_dmalloc(
 @_cdecl("rumpcomp_pci_dmafree")
 public func rumpcomp_pci_dmafree(_ memory: CUnsignedLong, _ size: Int) {
     guard let pointer = UnsafeMutableRawPointer(bitPattern: UInt(memory)), Platform.heap != nil,
-        Platform.heap!.pages.allocatedPageCount(at: pointer) != nil
+        MemoryLock.withLock({ Platform.heap!.pages.allocatedPageCount(at: pointer) }) != nil
     else {
         Platform.write("rumpcomp_pci_dmafree: not DMA memory from rumpcomp_pci_dmalloc: ")
         Platform.writeHex(UInt64(memory))
         Platform.write("\n")
         return
     }
-    Platform.heap!.pages.freePages(pointer)
+    MemoryLock.withLock { Platform.heap!.pages.freePages(pointer) }
 }
 
 /// A virtual address for DMA segments: one segment is its own cookie;

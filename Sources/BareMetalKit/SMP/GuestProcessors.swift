@@ -61,7 +61,7 @@ public enum Processors {
     /// `currentIndex` works before any AP starts.
     static func setUpBootProcessor(apicID: UInt32) {
         let size = MemoryLayout<PerCPUBlock>.stride * limit
-        let raw = Platform.heap!.allocate(size: size, alignment: 64)!
+        let raw = MemoryLock.withLock { Platform.heap!.allocate(size: size, alignment: 64)! }
         raw.initializeMemory(as: UInt8.self, repeating: 0, count: size)
         let table = raw.bindMemory(to: PerCPUBlock.self, capacity: limit)
         blocks = table
@@ -87,8 +87,10 @@ public enum Processors {
             var prepared: PreparedDescriptorTables
             var stack: UInt64
             do throws(PlatformCoreError) {
-                stack = try PlatformCore.allocateStack(pages: 8, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
-                prepared = try PlatformCore.prepareDescriptorTables(istPages: 4, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
+                (stack, prepared) = try MemoryLock.withLock { () throws(PlatformCoreError) in
+                    (try PlatformCore.allocateStack(pages: 8, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator),
+                     try PlatformCore.prepareDescriptorTables(istPages: 4, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator))
+                }
             } catch {
                 throw .memory(error)
             }
@@ -158,9 +160,11 @@ public enum Processors {
 
     static func setPage(_ page: UInt64, attributes: MemoryAttributes) {
         do throws(PageTableError) {
-            try Platform.pageTables!.protect(
-                range: VirtualAddress(page), byteCount: PageSize.small, attributes: attributes,
-                allocator: &Platform.heap!.pages.allocator)
+            try MemoryLock.withLock { () throws(PageTableError) in
+                try Platform.pageTables!.protect(
+                    range: VirtualAddress(page), byteCount: PageSize.small, attributes: attributes,
+                    allocator: &Platform.heap!.pages.allocator)
+            }
         } catch {
             Platform.panic("changing the AP trampoline page's attributes failed")
         }

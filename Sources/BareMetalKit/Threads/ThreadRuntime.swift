@@ -139,7 +139,9 @@ public enum ThreadRuntime {
         guard Platform.pageTables != nil, Platform.heap != nil else { throw .outOfMemory(what: "stack (no page tables yet)") }
         let top: UInt64
         do throws(PlatformCoreError) {
-            top = try PlatformCore.allocateStack(pages: pages, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
+            top = try MemoryLock.withLock { () throws(PlatformCoreError) in
+                try PlatformCore.allocateStack(pages: pages, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
+            }
         } catch {
             throw .outOfMemory(what: "stack")
         }
@@ -318,13 +320,21 @@ public enum ThreadRuntime {
     static func release(_ thread: ThreadControl) {
         releaseStack(guardPage: thread.guardPage)
         if let block = thread.tlsBlock {
-            do { try Platform.heap?.free(block) } catch { Platform.panic("threads: TLS block not from the heap") }
+            do throws(SizeClassHeapError) {
+                try MemoryLock.withLock { () throws(SizeClassHeapError) in try Platform.heap?.free(block) }
+            } catch {
+                Platform.panic("threads: TLS block not from the heap")
+            }
         }
         thread.context.deallocate()
         threads[thread.id.rawValue] = nil
     }
 
     static func releaseStack(guardPage: UInt64) {
+        MemoryLock.withLock { releaseStackLocked(guardPage: guardPage) }
+    }
+
+    static func releaseStackLocked(guardPage: UInt64) {
         do throws(PageTableError) {
             try Platform.pageTables!.map(
                 VirtualAddress(guardPage), to: PhysicalAddress(guardPage), attributes: .data, allocator: &Platform.heap!.pages.allocator)
@@ -374,7 +384,9 @@ struct TLSLayout {
     /// thread pointer pointing to itself. Returns (block, thread pointer).
     func makeBlock() -> (UnsafeMutableRawPointer?, UInt64) {
         let total = Int(offsetToThreadPointer) + 64
-        guard let block = Platform.heap?.allocate(size: total, alignment: Int(Self.alignment)) else { return (nil, 0) }
+        guard let block = MemoryLock.withLock({ Platform.heap?.allocate(size: total, alignment: Int(Self.alignment)) }) else {
+            return (nil, 0)
+        }
         block.initializeMemory(as: UInt8.self, repeating: 0, count: total)
         if fileSize > 0 {
             block.copyMemory(from: UnsafeRawPointer(bitPattern: UInt(imageStart))!, byteCount: Int(fileSize))

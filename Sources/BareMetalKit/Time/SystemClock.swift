@@ -171,7 +171,7 @@ public enum SystemClock {
     // MARK: Sources
 
     static func kvmclockScale() -> TickScale? {
-        guard let record = Platform.heap?.allocate(size: 64, alignment: 64) else { return nil }
+        guard let record = MemoryLock.withLock({ Platform.heap?.allocate(size: 64, alignment: 64) }) else { return nil }
         record.initializeMemory(as: UInt8.self, repeating: 0, count: 64)
         let address = PhysicalAddress(UInt64(UInt(bitPattern: record)))
         PlatformCore.enableKVMClock(record: address)
@@ -183,7 +183,9 @@ public enum SystemClock {
         let (info, _) = PlatformCore.readKVMClock(record: address)
         // Stop the updates: the scale is all the TSC clock needs.
         cpu_wrmsr(0x4B56_4D01, 0)
-        do { try Platform.heap?.free(record) } catch {}
+        do throws(SizeClassHeapError) {
+            try MemoryLock.withLock { () throws(SizeClassHeapError) in try Platform.heap?.free(record) }
+        } catch {}
         return info.scale.multiplier == 0 ? nil : info.scale
     }
 

@@ -1,7 +1,8 @@
 // smp: checks the application processors the platform started (integration
 // tests, booted with --smp N): every CPU reports in, work posted to CPU k runs
 // on CPU k, atomic and lock-protected counters incremented from every CPU
-// give exact totals. With the argument "panic-ap", CPU 1 panics and the
+// give exact totals, and every CPU allocating and freeing at once leaves
+// the heap intact (MemoryLock). With the argument "panic-ap", CPU 1 panics and the
 // whole guest must stop with one report.
 import BareMetalKit
 import Rumprun
@@ -68,4 +69,45 @@ let atomicTotal = atomicCounter.load(ordering: .acquiring)
 print("smp: atomic total \(atomicTotal) of \(expected)")
 print("smp: locked total \(lockedCounter) of \(expectedLocked)")
 if atomicTotal != expected || lockedCounter != expectedLocked { failures += 1 }
+
+// Every CPU allocates, fills, checks and frees blocks of 16 B to 64 KiB at
+// the same time, keeping eight alive each; the heap is shared (MemoryLock).
+let churnRounds = 300
+let corruptedBlocks = Atomic<UInt64>(0)
+func churnHeap(_ cpu: UInt64) {
+    let sizes = [16, 24, 100, 512, 2048, 4096, 5000, 65536]
+    var live = [(UnsafeMutableRawPointer, Int, UInt8)?](repeating: nil, count: 8)
+    func release(_ slot: Int) {
+        guard let (block, size, tag) = live[slot] else { return }
+        let bytes = block.assumingMemoryBound(to: UInt8.self)
+        for index in stride(from: 0, to: size, by: 61) where bytes[index] != tag {
+            corruptedBlocks.wrappingAdd(1, ordering: .relaxed)
+            break
+        }
+        block.deallocate()
+        live[slot] = nil
+    }
+    for round in 0..<churnRounds {
+        let slot = round % live.count
+        release(slot)
+        let size = sizes[(round &* 7 &+ Int(cpu)) % sizes.count]
+        let tag = UInt8(truncatingIfNeeded: cpu &* 31 &+ UInt64(round))
+        let block = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 16)
+        block.initializeMemory(as: UInt8.self, repeating: tag, count: size)
+        live[slot] = (block, size, tag)
+    }
+    for slot in 0..<live.count { release(slot) }
+}
+let heapBefore = Rumprun.heapStatistics?.bytesInUse ?? -1
+for cpu in 1..<max(count, 1) {
+    Processors.run(on: cpu, churnHeap, argument: UInt64(cpu))
+}
+churnHeap(0)
+for cpu in 1..<max(count, 1) {
+    Processors.wait(for: cpu, completed: 3)
+}
+let heapAfter = Rumprun.heapStatistics?.bytesInUse ?? -2
+let corrupted = corruptedBlocks.load(ordering: .acquiring)
+print("smp: heap churn on \(count) cpus: \(corrupted) corrupted blocks, bytes in use \(heapAfter == heapBefore ? "back to start" : "changed")")
+if corrupted != 0 || heapAfter != heapBefore { failures += 1 }
 Rumprun.exit(failures)
