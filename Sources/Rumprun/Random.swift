@@ -34,7 +34,7 @@ extension Rumprun {
     /// is `arc4random_uniform`.
     public static func random(below upperBound: UInt32) -> UInt32 {
         #if hasFeature(Embedded)
-        Platform.entropy.uniform(below: upperBound)
+        Platform.withEntropy { $0.uniform(below: upperBound) }
         #else
         guard upperBound >= 2 else { return 0 }
         let minimum = (0 &- upperBound) % upperBound

@@ -37,7 +37,8 @@ extension Platform {
 
     /// The platform's random number generator (created and seeded on first
     /// use; the boot path seeds it right after the heap exists).
-    public static var entropy: EntropyPool<HardwareEntropySource> {
+    /// (Callers outside the lock: use `withEntropy`.)
+    static var entropy: EntropyPool<HardwareEntropySource> {
         if let pool = entropyStorage { return pool }
         let pool = EntropyPool(source: HardwareEntropySource())
         pool.seed()
@@ -45,17 +46,26 @@ extension Platform {
         return pool
     }
 
+    /// Serializes the pool between CPUs (a ticket lock; interrupts masked
+    /// while held, so an interrupt handler may use it too).
+    nonisolated(unsafe) static let entropyLock = TicketLock()
+
+    /// Runs `body` on the pool with `entropyLock` held.
+    public static func withEntropy<Result>(_ body: (EntropyPool<HardwareEntropySource>) -> Result) -> Result {
+        entropyLock.withLock { body(entropy) }
+    }
+
     /// Fills `buffer` with cryptographically secure random bytes.
-    public static func randomBytes(_ buffer: UnsafeMutableRawBufferPointer) { entropy.fill(buffer) }
+    public static func randomBytes(_ buffer: UnsafeMutableRawBufferPointer) { withEntropy { $0.fill(buffer) } }
 
     /// Adds bytes from an entropy device (virtio-rng) or another source,
     /// crediting `creditBits` bits (at most 8 per byte).
     public static func addEntropy(_ bytes: UnsafeRawBufferPointer, creditBits: Int) {
-        entropy.add(entropy: bytes, creditBits: creditBits)
+        withEntropy { $0.add(entropy: bytes, creditBits: creditBits) }
     }
 
     /// What the pool was fed with.
-    public static var entropyReport: EntropyReport { entropy.report }
+    public static var entropyReport: EntropyReport { withEntropy { $0.report } }
 
     /// The stack protector guard's boot value (entry.S: TSC, RDRAND when
     /// present), kept to show it was replaced.
@@ -83,29 +93,29 @@ extension Platform {
 /// exists; it returns before the guard changes, so its own frame is checked
 /// against the value it started with.
 func seedRandom() {
-    _ = Platform.entropy
+    Platform.withEntropy { _ in }
 }
 
 /// A fresh guard for the stack protector from the generator, low byte zero
 /// (a string overflow cannot reproduce a guard that contains a NUL).
 func freshStackGuard() -> UInt {
     Platform.bootStackGuard = UInt64(bmk_stack_guard())
-    return UInt(truncatingIfNeeded: Platform.entropy.next()) & ~0xFF
+    return UInt(truncatingIfNeeded: Platform.withEntropy { $0.next() }) & ~0xFF
 }
 
 @_cdecl("arc4random_buf")
 public func arc4random_buf(_ buffer: UnsafeMutableRawPointer, _ count: Int) {
-    Platform.entropy.fill(UnsafeMutableRawBufferPointer(start: buffer, count: count))
+    Platform.randomBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count))
 }
 
 @_cdecl("arc4random")
 public func arc4random() -> UInt32 {
-    UInt32(truncatingIfNeeded: Platform.entropy.next())
+    UInt32(truncatingIfNeeded: Platform.withEntropy { $0.next() })
 }
 
 @_cdecl("arc4random_uniform")
 public func arc4random_uniform(_ upperBound: UInt32) -> UInt32 {
-    Platform.entropy.uniform(below: upperBound)
+    Platform.withEntropy { $0.uniform(below: upperBound) }
 }
 
 /// getrandom(2): the pool is always seeded, so every flag combination
@@ -113,7 +123,7 @@ public func arc4random_uniform(_ upperBound: UInt32) -> UInt32 {
 @_cdecl("getrandom")
 public func getrandom(_ buffer: UnsafeMutableRawPointer?, _ count: Int, _ flags: UInt32) -> Int {
     guard let buffer else { return count == 0 ? 0 : -14 }  // EFAULT
-    Platform.entropy.fill(UnsafeMutableRawBufferPointer(start: buffer, count: count))
+    Platform.randomBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count))
     return count
 }
 
@@ -122,7 +132,7 @@ public func getrandom(_ buffer: UnsafeMutableRawPointer?, _ count: Int, _ flags:
 public func getentropy(_ buffer: UnsafeMutableRawPointer?, _ count: Int) -> Int32 {
     guard count <= 256 else { return -1 }
     guard let buffer else { return count == 0 ? 0 : -1 }
-    Platform.entropy.fill(UnsafeMutableRawBufferPointer(start: buffer, count: count))
+    Platform.randomBytes(UnsafeMutableRawBufferPointer(start: buffer, count: count))
     return 0
 }
 #endif
