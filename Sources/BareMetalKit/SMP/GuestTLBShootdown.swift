@@ -29,9 +29,6 @@ public enum TLBShootdown {
         sequence: 0, initiator: 0, flush: .nothing, online: ProcessorSet())
     nonisolated(unsafe) static var sequence: UInt64 = 0
     nonisolated(unsafe) static var counterTable: UnsafeMutablePointer<TLBShootdownCounters>? = nil
-    /// For development only: when false, `invalidate` flushes this CPU and
-    /// sends no IPI (how the integration test's stale read was seen).
-    nonisolated(unsafe) static var sendsInterprocessorInterrupts = true
 
     /// Sets up the per-CPU counters and touches the shared state on the
     /// boot processor, before any AP runs.
@@ -73,7 +70,7 @@ public enum TLBShootdown {
         perform(flush)
         let me = Processors.currentIndex
         let online = ProcessorSet.first(Processors.count)
-        guard !online.removing(me).isEmpty, let apic = Processors.localAPIC, sendsInterprocessorInterrupts else {
+        guard !online.removing(me).isEmpty, let apic = Processors.localAPIC else {
             cpu_restore_interrupts(flags)
             return
         }
@@ -201,10 +198,12 @@ public enum KernelMappings {
     /// after an error part-way through.
     @discardableResult
     public static func unmap(_ virtual: VirtualAddress, byteCount: UInt64) throws(PageTableError) -> UInt64 {
+        let state = lock.lock()
+        defer { lock.unlock(restoring: state) }
         guard var mapper = Platform.pageTables, Platform.heap != nil else {
             Platform.panic("kernel mappings changed before the kernel page tables exist")
         }
-        return try unmap(virtual, byteCount: byteCount, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
+        return try unmapLocked(virtual, byteCount: byteCount, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
     }
 
     /// Gives `[virtual, virtual + byteCount)` new attributes in the
@@ -213,10 +212,12 @@ public enum KernelMappings {
     /// rights must not outlive the call, and a stale narrower entry would
     /// give a spurious page fault, which this kernel treats as fatal.
     public static func protect(_ virtual: VirtualAddress, byteCount: UInt64, attributes: MemoryAttributes) throws(PageTableError) {
+        let state = lock.lock()
+        defer { lock.unlock(restoring: state) }
         guard var mapper = Platform.pageTables, Platform.heap != nil else {
             Platform.panic("kernel mappings changed before the kernel page tables exist")
         }
-        try protect(virtual, byteCount: byteCount, attributes: attributes, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
+        try protectLocked(virtual, byteCount: byteCount, attributes: attributes, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
     }
 
     /// `unmap` on `mapper`, which must be the hierarchy live in CR3 (the
@@ -228,17 +229,22 @@ public enum KernelMappings {
     ) throws(PageTableError) -> UInt64 {
         let state = lock.lock()
         defer { lock.unlock(restoring: state) }
+        return try unmapLocked(virtual, byteCount: byteCount, mapper: &mapper, allocator: &allocator)
+    }
+
+    static func unmapLocked(
+        _ virtual: VirtualAddress, byteCount: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>,
+        allocator: inout PhysicalPageAllocator
+    ) throws(PageTableError) -> UInt64 {
+        // Also after an error part-way: pages before it have changed.
         defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
         return try mapper.unmap(range: virtual, byteCount: byteCount, allocator: &allocator)
     }
 
-    /// `protect` on `mapper`, which must be the hierarchy live in CR3.
-    static func protect(
+    static func protectLocked(
         _ virtual: VirtualAddress, byteCount: UInt64, attributes: MemoryAttributes,
         mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
     ) throws(PageTableError) {
-        let state = lock.lock()
-        defer { lock.unlock(restoring: state) }
         defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
         try mapper.protect(range: virtual, byteCount: byteCount, attributes: attributes, allocator: &allocator)
     }

@@ -2,7 +2,8 @@
 // tests, booted with --smp N): every CPU reports in, work posted to CPU k runs
 // on CPU k, atomic and lock-protected counters incremented from every CPU
 // give exact totals. With the argument "panic-ap", CPU 1 panics and the
-// whole guest must stop with one report.
+// whole guest must stop with one report. The "tlb..." arguments run the TLB
+// shootdown scenarios of TLBScenarios.swift.
 import BareMetalKit
 import Rumprun
 import Synchronization
@@ -37,6 +38,7 @@ let count = Rumprun.processorCount
 print("smp: \(count) cpus online")
 var failures: Int32 = 0
 
+if Rumprun.arguments.count > 1 { runTLBScenario(Rumprun.arguments[1]) }
 if Rumprun.arguments.count > 1 && Rumprun.arguments[1].utf8.elementsEqual("panic-ap".utf8) {
     guard count > 1 else { Rumprun.exit(3) }
     Processors.run(on: 1, panicHere, argument: 0)
