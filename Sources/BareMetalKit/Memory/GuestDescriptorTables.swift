@@ -50,16 +50,17 @@ extension PlatformCore {
     /// Allocates stacks of `pages` pages with an unmapped guard page below
     /// each, and returns the top (initial RSP, 16-byte aligned). `mapper`
     /// must be the live hierarchy: the guard page leaves every CPU's TLB
-    /// (`KernelMappings`), since another CPU may have used that memory.
+    /// (`TLBShootdown`), since another CPU may have used that memory.
     public static func allocateStack(
         pages: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
     ) throws(PlatformCoreError) -> UInt64 {
         guard let base = allocator.allocate(frameCount: pages + 1) else { throw .outOfMemory(what: "stack") }
         do throws(PageTableError) {
-            try KernelMappings.unmap(VirtualAddress(base.rawValue), byteCount: PageSize.small, mapper: &mapper, allocator: &allocator)
+            try mapper.unmap(range: VirtualAddress(base.rawValue), byteCount: PageSize.small, allocator: &allocator)
         } catch {
             throw .pageTable(error)
         }
+        TLBShootdown.invalidate(start: base.rawValue, byteCount: PageSize.small)
         return base.rawValue + (pages + 1) * PageSize.small
     }
 

@@ -157,14 +157,16 @@ public enum Processors {
         setPage(page, attributes: .data)
     }
 
-    /// Changes the trampoline page's rights; once APs run, they may hold
-    /// the page in their TLBs (they executed it), hence `KernelMappings`.
     static func setPage(_ page: UInt64, attributes: MemoryAttributes) {
         do throws(PageTableError) {
-            try KernelMappings.protect(VirtualAddress(page), byteCount: PageSize.small, attributes: attributes)
+            try Platform.pageTables!.protect(
+                range: VirtualAddress(page), byteCount: PageSize.small, attributes: attributes,
+                allocator: &Platform.heap!.pages.allocator)
         } catch {
             Platform.panic("changing the AP trampoline page's attributes failed")
         }
+        // Running APs executed the page: their TLBs hold it too.
+        TLBShootdown.invalidate(start: page, byteCount: PageSize.small)
     }
 
     /// A page below 640 KiB, inside a usable region of the boot memory map,

@@ -1,7 +1,7 @@
 // GuestTLBShootdown: keeps every CPU's TLB in step with the kernel page
 // tables (Intel SDM vol. 3A §4.10.4–4.10.5). Whatever removes or changes a
-// live kernel mapping goes through `KernelMappings.unmap` or `.protect`,
-// which end in `TLBShootdown.invalidate`: this CPU's flush, then a request
+// live kernel mapping calls `TLBShootdown.invalidate` after the change
+// (`KernelMappings.unmap` and `.protect` pair the two): this CPU's flush, then a request
 // published in shared memory, the shootdown IPI (vector 0xF2) to every
 // other online CPU, and a TSC-bounded wait until each has flushed and
 // acknowledged. A CPU that never acknowledges is a panic that names it.
@@ -185,12 +185,20 @@ public enum TLBShootdown {
 /// Changes of the live kernel page tables that remove or narrow mappings,
 /// each made under one lock and followed by `TLBShootdown.invalidate` of
 /// the range, so no CPU keeps using the old mapping once the call returns.
+/// The platform's own paths (stack guard pages, the AP trampoline) make the
+/// same change-then-`invalidate` pair under their callers' locking.
 /// Adding a mapping where nothing was mapped needs no shootdown (a
 /// not-present entry is never cached) and goes through the mapper directly.
 public enum KernelMappings {
-    /// Serialises changes made through this type (the tables themselves
-    /// are not safe against two CPUs editing them at once).
+    /// Serialises changes made through this type, and the page-allocator
+    /// use of a large-page split.
     static let lock = TicketLock()
+
+    static func withTablesLocked<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        let state = lock.lock()
+        defer { lock.unlock(restoring: state) }
+        return try body()
+    }
 
     /// Unmaps `[virtual, virtual + byteCount)` (whole 4 KiB pages) from
     /// the kernel's tables and returns the bytes that were mapped. Every
@@ -198,12 +206,14 @@ public enum KernelMappings {
     /// after an error part-way through.
     @discardableResult
     public static func unmap(_ virtual: VirtualAddress, byteCount: UInt64) throws(PageTableError) -> UInt64 {
-        let state = lock.lock()
-        defer { lock.unlock(restoring: state) }
-        guard var mapper = Platform.pageTables, Platform.heap != nil else {
-            Platform.panic("kernel mappings changed before the kernel page tables exist")
+        try withTablesLocked { () throws(PageTableError) -> UInt64 in
+            guard var mapper = Platform.pageTables, Platform.heap != nil else {
+                Platform.panic("kernel mappings changed before the kernel page tables exist")
+            }
+            // Also after an error part-way: pages before it have changed.
+            defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
+            return try mapper.unmap(range: virtual, byteCount: byteCount, allocator: &Platform.heap!.pages.allocator)
         }
-        return try unmapLocked(virtual, byteCount: byteCount, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
     }
 
     /// Gives `[virtual, virtual + byteCount)` new attributes in the
@@ -212,41 +222,13 @@ public enum KernelMappings {
     /// rights must not outlive the call, and a stale narrower entry would
     /// give a spurious page fault, which this kernel treats as fatal.
     public static func protect(_ virtual: VirtualAddress, byteCount: UInt64, attributes: MemoryAttributes) throws(PageTableError) {
-        let state = lock.lock()
-        defer { lock.unlock(restoring: state) }
-        guard var mapper = Platform.pageTables, Platform.heap != nil else {
-            Platform.panic("kernel mappings changed before the kernel page tables exist")
+        try withTablesLocked { () throws(PageTableError) in
+            guard var mapper = Platform.pageTables, Platform.heap != nil else {
+                Platform.panic("kernel mappings changed before the kernel page tables exist")
+            }
+            defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
+            try mapper.protect(range: virtual, byteCount: byteCount, attributes: attributes, allocator: &Platform.heap!.pages.allocator)
         }
-        try protectLocked(virtual, byteCount: byteCount, attributes: attributes, mapper: &mapper, allocator: &Platform.heap!.pages.allocator)
-    }
-
-    /// `unmap` on `mapper`, which must be the hierarchy live in CR3 (the
-    /// boot path uses it before `Platform.pageTables` is set).
-    @discardableResult
-    static func unmap(
-        _ virtual: VirtualAddress, byteCount: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>,
-        allocator: inout PhysicalPageAllocator
-    ) throws(PageTableError) -> UInt64 {
-        let state = lock.lock()
-        defer { lock.unlock(restoring: state) }
-        return try unmapLocked(virtual, byteCount: byteCount, mapper: &mapper, allocator: &allocator)
-    }
-
-    static func unmapLocked(
-        _ virtual: VirtualAddress, byteCount: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>,
-        allocator: inout PhysicalPageAllocator
-    ) throws(PageTableError) -> UInt64 {
-        // Also after an error part-way: pages before it have changed.
-        defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
-        return try mapper.unmap(range: virtual, byteCount: byteCount, allocator: &allocator)
-    }
-
-    static func protectLocked(
-        _ virtual: VirtualAddress, byteCount: UInt64, attributes: MemoryAttributes,
-        mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
-    ) throws(PageTableError) {
-        defer { TLBShootdown.invalidate(start: virtual.rawValue, byteCount: byteCount) }
-        try mapper.protect(range: virtual, byteCount: byteCount, attributes: attributes, allocator: &allocator)
     }
 }
 #endif

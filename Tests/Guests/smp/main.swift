@@ -2,8 +2,7 @@
 // tests, booted with --smp N): every CPU reports in, work posted to CPU k runs
 // on CPU k, atomic and lock-protected counters incremented from every CPU
 // give exact totals. With the argument "panic-ap", CPU 1 panics and the
-// whole guest must stop with one report. The "tlb..." arguments run the TLB
-// shootdown scenarios of TLBScenarios.swift.
+// whole guest must stop with one report.
 import BareMetalKit
 import Rumprun
 import Synchronization
