@@ -51,6 +51,9 @@ public enum InterruptVectors {
     public static var timer: UInt8 { 0xF0 }
     /// Inter-processor wake-up (SMP), also used as a self-test IPI.
     public static var wakeup: UInt8 { 0xF1 }
+    /// TLB shootdown (SMP): drop the TLB entries another CPU's change of the
+    /// kernel page tables made stale, then acknowledge.
+    public static var tlbShootdown: UInt8 { 0xF2 }
     /// LVT error.
     public static var apicError: UInt8 { 0xFE }
     /// The spurious-interrupt vector (SVR); its low four bits are 1s as

@@ -322,6 +322,11 @@ public enum Interrupts {
             apic.endOfInterrupt()
             return
         }
+        if vector == InterruptVectors.tlbShootdown {
+            TLBShootdown.answerInterrupt()
+            apic.endOfInterrupt()
+            return
+        }
         if vector == InterruptVectors.timer {
             statistics.timer &+= 1
             LocalAPICTimer.expired()

@@ -48,7 +48,9 @@ extension PlatformCore {
     }
 
     /// Allocates stacks of `pages` pages with an unmapped guard page below
-    /// each, and returns the top (initial RSP, 16-byte aligned).
+    /// each, and returns the top (initial RSP, 16-byte aligned). `mapper`
+    /// must be the live hierarchy: the guard page leaves every CPU's TLB
+    /// (`TLBShootdown`), since another CPU may have used that memory.
     public static func allocateStack(
         pages: UInt64, mapper: inout PageTableMapper<IdentityFrameMapping>, allocator: inout PhysicalPageAllocator
     ) throws(PlatformCoreError) -> UInt64 {
@@ -58,7 +60,7 @@ extension PlatformCore {
         } catch {
             throw .pageTable(error)
         }
-        cpu_invalidate_page(base.rawValue)
+        TLBShootdown.invalidate(start: base.rawValue, byteCount: PageSize.small)
         return base.rawValue + (pages + 1) * PageSize.small
     }
 

@@ -48,7 +48,7 @@ extension Platform {
 
     /// Serializes the pool between CPUs (a ticket lock; interrupts masked
     /// while held, so an interrupt handler may use it too).
-    nonisolated(unsafe) static let entropyLock = TicketLock()
+    static let entropyLock = TicketLock()
 
     /// Runs `body` on the pool with `entropyLock` held.
     public static func withEntropy<Result>(_ body: (EntropyPool<HardwareEntropySource>) -> Result) -> Result {

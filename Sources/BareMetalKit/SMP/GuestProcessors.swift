@@ -69,6 +69,7 @@ public enum Processors {
         table[0].apicID = UInt64(apicID)
         table[0].online = 1
         cpu_wrmsr(0xC000_0101, table[0].selfAddress)
+        TLBShootdown.prepare()
     }
 
     /// Starts the application processors of `plan`; returns how many came
@@ -168,7 +169,8 @@ public enum Processors {
         } catch {
             Platform.panic("changing the AP trampoline page's attributes failed")
         }
-        cpu_invalidate_page(page)
+        // Running APs executed the page: their TLBs hold it too.
+        TLBShootdown.invalidate(start: page, byteCount: PageSize.small)
     }
 
     /// A page below 640 KiB, inside a usable region of the boot memory map,
@@ -192,7 +194,10 @@ public enum Processors {
     public static func run(on index: Int, _ work: @convention(c) (UInt64) -> Void, argument: UInt64) -> Bool {
         guard let blocks, index > 0, index < onlineCount else { return false }
         let block = blocks + index
-        while volatileLoad(&block.pointee.mailboxWork) != 0 { cpu_pause() }
+        while volatileLoad(&block.pointee.mailboxWork) != 0 {
+            TLBShootdown.answerPending()
+            cpu_pause()
+        }
         volatileStore(&block.pointee.mailboxArgument, argument)
         volatileStore(&block.pointee.mailboxWork, UInt64(UInt(bitPattern: unsafeBitCast(work, to: UnsafeRawPointer.self))))
         cpu_memory_barrier()
@@ -215,7 +220,10 @@ public enum Processors {
 
     /// Waits until CPU `index` has finished `count` work items in all.
     public static func wait(for index: Int, completed count: UInt64) {
-        while completed(on: index) < count { cpu_pause() }
+        while completed(on: index) < count {
+            TLBShootdown.answerPending()
+            cpu_pause()
+        }
     }
 }
 

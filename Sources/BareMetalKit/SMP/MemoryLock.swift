@@ -11,7 +11,7 @@
 import CPUPrimitives
 
 public enum MemoryLock {
-    nonisolated(unsafe) static let lock = TicketLock()
+    static let lock = TicketLock()
     /// The CPU index holding the lock, or -1. Only the holder writes its
     /// own index, so a CPU reads its own index here only while it holds it.
     nonisolated(unsafe) static var owner = -1

@@ -1,12 +1,12 @@
 // TicketLock: a fair spinlock for several CPUs. Each locker takes the next
 // ticket and spins until the lock serves it; interrupts stay masked while it
 // is held, so an interrupt handler on the same CPU can never spin on a lock
-// its own CPU holds.
+// its own CPU holds. A waiter answers TLB shootdowns while it spins.
 #if hasFeature(Embedded)
 import CPUPrimitives
 import Synchronization
 
-public struct TicketLock: ~Copyable {
+public struct TicketLock: ~Copyable, Sendable {
     let nextTicket = Atomic<UInt32>(0)
     let nowServing = Atomic<UInt32>(0)
 
@@ -18,7 +18,12 @@ public struct TicketLock: ~Copyable {
         let interruptsWereEnabled = cpu_interrupts_enabled() != 0
         cpu_disable_interrupts()
         let ticket = nextTicket.wrappingAdd(1, ordering: .relaxed).oldValue
-        while nowServing.load(ordering: .acquiring) != ticket { cpu_pause() }
+        while nowServing.load(ordering: .acquiring) != ticket {
+            // Interrupts are off: answer a TLB shootdown aimed at this CPU
+            // here, or its initiator (maybe the holder) would wait forever.
+            TLBShootdown.answerPending()
+            cpu_pause()
+        }
         return interruptsWereEnabled
     }
 

@@ -38,6 +38,7 @@ let count = Rumprun.processorCount
 print("smp: \(count) cpus online")
 var failures: Int32 = 0
 
+if Rumprun.arguments.count > 1 { runTLBScenario(Rumprun.arguments[1]) }
 if Rumprun.arguments.count > 1 && Rumprun.arguments[1].utf8.elementsEqual("panic-ap".utf8) {
     guard count > 1 else { Rumprun.exit(3) }
     Processors.run(on: 1, panicHere, argument: 0)
