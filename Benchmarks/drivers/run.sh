@@ -220,7 +220,8 @@ if [ "$only" != net ]; then
     [ "$status" = 0 ] || { echo "error: the unikernel's disk run ended with status $status (log: $logs/unikernel-blk.log)" >&2; exit 1; }
     while IFS= read -r line; do
         # bench: blk sequential write depth 1: N requests in T ms, I IOPS, M MiB/s, F failed
-        rows_blk+=("$(sed -E 's/^bench: blk ([a-z]+ [a-z]+) depth ([0-9]+): ([0-9]+) requests in [0-9.]+ ms, ([0-9.]+) IOPS, ([0-9.]+) MiB\/s, ([0-9]+) failed/unikernel (virtio-blk driver)|\1|\2|\3|\4|\5/' <<<"$line")")
+        rows_blk+=("$(sed -E 's/^bench: blk ([a-z]+ [a-z]+) depth ([0-9]+): ([0-9]+) requests in [0-9.]+ ms, ([0-9.]+) IOPS, ([0-9.]+) MiB\/s, ([0-9]+) failed/\1|\2|\3|\4|\5/' <<<"$line" |
+            awk -F'|' '{printf "unikernel (BareMetalKit VirtioBlock)|%s|%s|%s|%.0f|%.2f", $1, $2, $3, $4, $5}')")
     done < <(grep -E '^bench: blk [a-z]+ [a-z]+ depth' "$logs/unikernel-blk.log")
     # The stamps the guest wrote must be in the file, each block at its place.
     stamped=$(sed -nE 's/^bench: blk stamped sequential blocks 0\.\.<([0-9]+) .*/\1/p' "$logs/unikernel-blk.log" | sort -n | tail -1)
