@@ -41,8 +41,10 @@ def make_socket(port):
     return sock
 
 
-def control(command, size=0, milliseconds=0):
-    frame = GUEST_MAC + HOST_MAC + ETHER_TYPE + bytes([command]) + struct.pack(">HI", size, milliseconds)
+def control(command, size=0, milliseconds=0, test=0):
+    """A command frame; `test` numbers transmit/receive commands so that the
+    guest answers a repeated command instead of running the test again."""
+    frame = GUEST_MAC + HOST_MAC + ETHER_TYPE + bytes([command]) + struct.pack(">HIH", size, milliseconds, test)
     return frame + bytes(60 - len(frame))
 
 
@@ -153,8 +155,10 @@ def run_guest(arguments):
     label = arguments.label
     request(sock, address, control(1), 0x81, attempts=int(arguments.boot_timeout / 0.5))
     print(f"peer: {label}: guest answered", flush=True)
+    test = 0
     for size in arguments.sizes:
         milliseconds = int(arguments.seconds * 1000)
+        test += 1
         # Guest → host.
         drain(sock)
         sock.settimeout(0.5)
@@ -162,13 +166,15 @@ def run_guest(arguments):
         received = other = 0
         span = 0.0
         for _ in range(120):
-            sock.sendto(control(2, size, milliseconds), address)
-            try:
-                reply = sock.recv(2048)
-            except socket.timeout:
-                continue
-            if len(reply) >= 15 and reply[12:14] == ETHER_TYPE and reply[14] in (0x82, DATA):
-                acknowledged = True
+            sock.sendto(control(2, size, milliseconds, test), address)
+            deadline = time.perf_counter() + 0.5
+            while not acknowledged and time.perf_counter() < deadline:
+                try:
+                    reply = sock.recv(2048)
+                except socket.timeout:
+                    break
+                acknowledged = len(reply) >= 15 and reply[12:14] == ETHER_TYPE and reply[14] in (0x82, DATA)
+            if acknowledged:
                 break
         if not acknowledged:
             raise SystemExit(f"peer: {label}: the guest did not start transmitting")
@@ -182,7 +188,8 @@ def run_guest(arguments):
             flush=True,
         )
         # Host → guest.
-        request(sock, address, control(3, size), 0x82)
+        test += 1
+        request(sock, address, control(3, size, 0, test), 0x82)
         sent, elapsed = blast(sock, address, size, arguments.seconds)
         time.sleep(1.0)
         guest_frames, guest_ns, wrong, _ = report(sock, address)

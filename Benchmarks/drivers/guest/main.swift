@@ -210,6 +210,8 @@ func runBlockBenchmark(seconds: Int, depths: [Int]) -> Int32 {
 
 // Protocol on EtherType 0x88B5: byte 14 is the command. Host → guest:
 //   1 hello            → 0x81 hello reply
+//   Commands 2 and 3 carry a u16 test number at 21: a repeated command (the
+//   peer repeats until it sees an answer) is answered again, not re-run.
 //   2 transmit (u16 size at 15, u32 milliseconds at 17)
 //                      → 0x82 ack, then DATA frames of `size` bytes for that
 //                        long, then the report is kept for 4
@@ -241,6 +243,8 @@ struct NetworkBench {
     var pendingCommand: UInt8 = 0
     var pendingSize = 0
     var pendingMilliseconds = 0
+    var pendingTest = -1
+    var lastTest = -1
     var quit = false
 
     init(mac: MACAddress) { own = mac.bytes }
@@ -278,6 +282,7 @@ struct NetworkBench {
             pendingSize = Int(frame[15]) << 8 | Int(frame[16])
             pendingMilliseconds = Int(frame[17]) << 24 | Int(frame[18]) << 16 | Int(frame[19]) << 8 | Int(frame[20])
         }
+        pendingTest = frame.count >= 23 ? Int(frame[21]) << 8 | Int(frame[22]) : -1
     }
 }
 
@@ -306,6 +311,12 @@ func runNetworkBenchmark<NIC: NetworkInterface>(_ nic: inout NIC, name: StaticSt
         let command = bench.pendingCommand
         if command == 0 { continue }
         bench.pendingCommand = 0
+        if (command == 2 || command == 3) && bench.pendingTest == bench.lastTest {
+            bench.header(0x82)  // a repeat of the running or finished test
+            sendControl(&nic, &bench, length: 60)
+            continue
+        }
+        if command == 2 || command == 3 { bench.lastTest = bench.pendingTest }
         switch command {
         case 1:
             bench.header(0x81)

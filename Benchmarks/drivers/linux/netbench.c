@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
     fflush(stdout);
 
     unsigned char frame[2048];
-    int receiving = 0, expected = 0;
+    int receiving = 0, expected = 0, last_test = -1;
     uint64_t frames = 0, wrong = 0, retries = 0, span = 0, first = 0, last = 0;
     for (;;) {
         ssize_t n = recv(fd, frame, sizeof frame, 0);
@@ -91,6 +91,12 @@ int main(int argc, char **argv) {
         memcpy(peer, frame + 6, 6);
         int requested = n >= 21 ? frame[15] << 8 | frame[16] : 0;
         uint64_t milliseconds = n >= 21 ? (uint64_t)frame[17] << 24 | frame[18] << 16 | frame[19] << 8 | frame[20] : 0;
+        /* Commands 2 and 3 carry a test number: a repeat is answered, not re-run. */
+        int test = n >= 23 ? frame[21] << 8 | frame[22] : -1;
+        if (command == 2 || command == 3) {
+            if (test == last_test) { header(0x82); control(60); continue; }
+            last_test = test;
+        }
         switch (command) {
         case 1:
             header(0x81); control(60);
