@@ -316,7 +316,7 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
                 statistics.bytesReceived += length
                 delivered += 1
             }
-            // Give the descriptor back: clear its status, move the tail to it.
+            // Give the descriptor back (clear its status); the tail moves after the batch.
             descriptor.storeLE64(0, dma.physicalAddress(of: receiveBuffers + receiveNext * Self.bufferSize))
             descriptor.storeLE64(8, 0)
             lastReturned = receiveNext
