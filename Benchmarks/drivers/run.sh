@@ -277,9 +277,21 @@ PY
 fi
 
 port_base=$((30000 + $$ % 1000 * 16))
+# The host peer against the guest on $guest_port/$host_port, in the
+# background so that INT/TERM traps run at once (bash defers them while a
+# foreground command runs).
+run_peer() { # label log
+    python3 Benchmarks/drivers/peer.py guest --guest-port "$guest_port" --host-port "$host_port" --seconds "$seconds" --sizes "$sizes" \
+        --label "$1" >"$2" 2>&1 &
+    pids+=($!)
+    wait $! || echo "error: the peer failed (log: $2)" >&2
+}
 if [ "$only" != blk ]; then
     echo "==> frames: host peer to itself over loopback (baseline)"
-    while IFS= read -r line; do rows_net+=("${line#RESULT|}"); done < <(python3 Benchmarks/drivers/peer.py loopback --seconds "$seconds" --sizes "$sizes" | grep '^RESULT|')
+    python3 Benchmarks/drivers/peer.py loopback --seconds "$seconds" --sizes "$sizes" >"$logs/peer-loopback.log" 2>&1 &
+    pids+=($!)
+    wait $! || echo "error: the loopback baseline failed (log: $logs/peer-loopback.log)" >&2
+    while IFS= read -r line; do rows_net+=("${line#RESULT|}"); done < <(grep '^RESULT|' "$logs/peer-loopback.log")
     index=0
     for nic in virtio-net e1000; do
         guest_port=$((port_base + index * 2))
@@ -291,8 +303,7 @@ if [ "$only" != blk ]; then
             >"$logs/unikernel-$nic.log" 2>&1 &
         pids+=($!)
         guest=$!
-        python3 Benchmarks/drivers/peer.py guest --guest-port "$guest_port" --host-port "$host_port" --seconds "$seconds" --sizes "$sizes" \
-            --label "unikernel $nic" >"$logs/peer-unikernel-$nic.log" 2>&1 || echo "error: peer failed (log: $logs/peer-unikernel-$nic.log)" >&2
+        run_peer "unikernel $nic" "$logs/peer-unikernel-$nic.log"
         status=0
         wait "$guest" || status=$?
         grep '^bench:' "$logs/unikernel-$nic.log" | sed 's/^/    /'
@@ -303,8 +314,7 @@ if [ "$only" != blk ]; then
             echo "==> frames: Linux guest, $nic (netbench on AF_PACKET)"
             model=$([ $nic = e1000 ] && echo e1000 || echo virtio-net-pci)
             run_linux "$logs/linux-$nic.log" net -netdev "$backend,id=net0" -device "$model,netdev=net0,mac=52:54:00:12:34:56"
-            python3 Benchmarks/drivers/peer.py guest --guest-port "$guest_port" --host-port "$host_port" --seconds "$seconds" --sizes "$sizes" \
-                --label "Linux guest $nic" >"$logs/peer-linux-$nic.log" 2>&1 || echo "error: peer failed (log: $logs/peer-linux-$nic.log)" >&2
+            run_peer "Linux guest $nic" "$logs/peer-linux-$nic.log"
             wait "$(cat "$logs/last-linux-pid")" || true
             tr -d '\r' <"$logs/linux-$nic.log" | grep '^netbench:' | sed 's/^/    /' || true
             while IFS= read -r line; do rows_net+=("${line#RESULT|}"); done < <(grep '^RESULT|' "$logs/peer-linux-$nic.log")
