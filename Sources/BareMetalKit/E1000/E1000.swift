@@ -288,6 +288,7 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
     public mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
         var delivered = 0
         var returned = false
+        var lastReturned = 0
         while delivered < limit {
             dma.loadBarrier()
             // Legacy receive descriptor (§3.2.3): 0x0 address, 0x8 length,
@@ -315,15 +316,19 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
                 statistics.bytesReceived += length
                 delivered += 1
             }
-            // Give the descriptor back: clear its status, move the tail to it.
+            // Give the descriptor back (clear its status); the tail moves after the batch.
             descriptor.storeLE64(0, dma.physicalAddress(of: receiveBuffers + receiveNext * Self.bufferSize))
             descriptor.storeLE64(8, 0)
-            dma.storeBarrier()
-            registers.write32(at: Self.rdt, UInt32(receiveNext))
+            lastReturned = receiveNext
             receiveNext = (receiveNext + 1) % ringSize
             returned = true
         }
-        if returned { reclaimTransmitted() }
+        if returned {
+            // One tail write for the whole batch (each write is an MMIO exit).
+            dma.storeBarrier()
+            registers.write32(at: Self.rdt, UInt32(lastReturned))
+            reclaimTransmitted()
+        }
         return delivered
     }
 }
