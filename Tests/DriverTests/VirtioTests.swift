@@ -361,6 +361,30 @@ func networkFaultsStopTheDriverWithATypedError(fault: InjectedFault) throws {
     #expect(throws: NetworkInterfaceError.deviceError(code: expected.code)) { try frame(size: 60, seed: 0).withUnsafeBytes { try nic.send(frame: $0) } }
 }
 
+/// A device that asks for a reset while the driver is already polling is
+/// noticed within the status-check interval, and nothing is delivered once
+/// it is.
+@Test func needsResetDuringPollingIsNoticedWithinTheCheckInterval() throws {
+    let behavior = NetworkBehavior(mergeable: false)
+    let rig = VirtioRig(behavior, queueSize: 16)
+    var nic = try VirtioNetwork(transport: try rig.modern(), dma: rig.dma, queueSize: 16)
+    for _ in 0..<10 { _ = try nic.receive(limit: 8) { _ in } }
+    rig.model.requestReset()
+    var calls = 0
+    var failed = false
+    while calls < 1000 && !failed {
+        calls += 1
+        do throws(NetworkInterfaceError) {
+            _ = try nic.receive(limit: 8) { _ in }
+        } catch {
+            #expect(error == .deviceError(code: VirtioError.deviceNeedsReset(status: rig.model.status).code))
+            failed = true
+        }
+    }
+    #expect(failed && calls <= 64, "noticed after \(calls) polls")
+    #expect(rig.model.status & VirtioStatus.failed != 0)
+}
+
 // MARK: virtio-rng
 
 @Test func entropyFillsTheCallersBuffer() throws {
