@@ -7,7 +7,7 @@ import Synchronization
 
 /// Global state of the running guest (one CPU, no preemption yet).
 public enum Platform {
-    nonisolated(unsafe) static var console = Serial16550(ports: HardwarePorts())
+    nonisolated(unsafe) static var console = PlatformConsole()
     nonisolated(unsafe) static var heap: SizeClassHeap<PhysicalPageSource<IdentityFrameMapping>>? = nil
     /// The live kernel page tables (set once they are active). Later frames
     /// for them come from `heap!.pages.allocator`, the buddy's one owner.

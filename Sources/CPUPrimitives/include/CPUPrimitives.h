@@ -73,6 +73,8 @@ static inline uint64_t cpu_read_rbp(void) { uint64_t v; __asm__ volatile("mov %%
 
 /// Volatile accesses for memory-mapped I/O and loader-provided structures.
 static inline uint8_t cpu_load8(uintptr_t address) { return *(volatile uint8_t *)address; }
+static inline uint16_t cpu_load16(uintptr_t address) { return *(volatile uint16_t *)address; }
+static inline void cpu_store16(uintptr_t address, uint16_t value) { *(volatile uint16_t *)address = value; }
 static inline uint32_t cpu_load32(uintptr_t address) { return *(volatile uint32_t *)address; }
 static inline uint64_t cpu_load64(uintptr_t address) { return *(volatile uint64_t *)address; }
 static inline void cpu_store32(uintptr_t address, uint32_t value) { *(volatile uint32_t *)address = value; }
