@@ -1,8 +1,9 @@
 /*
  * rumpuser_guest.c: the C-only pieces of the guest rumpuser implementation:
  * the thread-local curlwp and errno slots (ELF TLS through FS, so one load),
- * rumpuser_curlwp/rumpuser_curlwpop, and the varargs rumpuser_dprintf with
- * a small printf formatter (the guest has no C library printf).
+ * rumpuser_curlwp/rumpuser_curlwpop, the varargs rumpuser_dprintf with
+ * a small printf formatter (the guest has no C library printf), and
+ * rumpuser_dl_bootstrap over the image's link sets.
  */
 #include <stdarg.h>
 #include "CRumpUserGuest.h"
@@ -235,4 +236,36 @@ rumpuser_dprintf(const char *format, ...)
 	va_start(ap, format);
 	rumpuser_guest_vprintf(format, ap);
 	va_end(ap);
+}
+
+/*
+ * A static image has no dynamic linker: the kernel's modules and components
+ * are the entries of its link sets, the sections link_set_modules and
+ * link_set_rump_components, whose bounds the linker provides as
+ * __start_<section> and __stop_<section>.  Weak, so an image without them
+ * links (the symbols are then zero).  A kernel built with RUMP_USE_CTOR has
+ * no link sets and registers from constructors instead; then nothing is
+ * handed over.  There is no symbol table to load (symload) and no event
+ * counter link set to attach (evcntattach) in a static image.
+ */
+extern const struct modinfo *const __start_link_set_modules[] __attribute__((weak));
+extern const struct modinfo *const __stop_link_set_modules[] __attribute__((weak));
+extern const struct rump_component *const __start_link_set_rump_components[] __attribute__((weak));
+extern const struct rump_component *const __stop_link_set_rump_components[] __attribute__((weak));
+
+void
+rumpuser_dl_bootstrap(rump_modinit_fn domodinit, rump_symload_fn symload,
+    rump_compload_fn compload, rump_evcntattach_fn evcntattach)
+{
+	(void)symload;
+	(void)evcntattach;
+	if (domodinit != NULL && __start_link_set_modules != NULL &&
+	    __stop_link_set_modules > __start_link_set_modules)
+		domodinit(__start_link_set_modules,
+		    (size_t)(__stop_link_set_modules - __start_link_set_modules));
+	if (compload != NULL && __start_link_set_rump_components != NULL) {
+		for (const struct rump_component *const *c = __start_link_set_rump_components;
+		    c < __stop_link_set_rump_components; c++)
+			compload(*c);
+	}
 }

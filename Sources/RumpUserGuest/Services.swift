@@ -132,13 +132,7 @@ public func rumpuserGetrandom(_ buffer: UnsafeMutableRawPointer?, _ length: Int,
 
 // MARK: Dynamic loading, daemonizing, syscall proxy
 
-/// No dynamic linker and no link sets in the image: a rump kernel for the
-/// guest is built with RUMP_USE_CTOR (components register from
-/// constructors), so there is nothing to hand over.
-@_cdecl("rumpuser_dl_bootstrap")
-public func rumpuserDlBootstrap(
-    _ modinit: rump_modinit_fn?, _ symload: rump_symload_fn?, _ compload: rump_compload_fn?, _ evcntattach: rump_evcntattach_fn?
-) {}
+// rumpuser_dl_bootstrap is C (CRumpUserGuest): it walks the link sets.
 
 /// A unikernel has no parent to detach from: both steps succeed at once.
 @_cdecl("rumpuser_daemonize_begin")

@@ -47,6 +47,12 @@ public struct LinkerScript: Equatable, Sendable {
                 . = ALIGN(\(pageSize));
                 __rodata_start = .;
                 .rodata : { *(.rodata .rodata.*) } :rodata
+                /* A rump kernel's link sets (NetBSD __link_set_add_rodata):
+                 * rumpuser_dl_bootstrap reads them through the linker's
+                 * __start_/__stop_ symbols; KEEP so --gc-sections, which
+                 * sees only weak references, does not drop them. */
+                link_set_modules : { KEEP(*(link_set_modules)) } :rodata
+                link_set_rump_components : { KEEP(*(link_set_rump_components)) } :rodata
                 .note.Xen : { KEEP(*(.note.Xen)) } :rodata :note
                 .swift_modhash : { *(.swift_modhash) } :rodata
                 __rodata_end = .;

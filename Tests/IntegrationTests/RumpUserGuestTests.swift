@@ -43,7 +43,7 @@ enum RumpUserGuestImage {
         let console = run.stdout
         #expect(run.status == 0, "status \(run.status)\n\(console)\n\(run.stderr)")
         #expect(!console.contains("FAIL"), "\(console)")
-        for suite in ["init", "memory", "clocks", "params", "misc", "threads", "mutex", "rwlock", "cv", "stress"] {
+        for suite in ["init", "memory", "clocks", "params", "misc", "threads", "mutex", "rwlock", "cv", "stress", "dl"] {
             #expect(console.contains("ok \(suite) ("), "suite \(suite) did not pass:\n\(console)")
         }
         #expect(console.contains(", 0 failures\n"))
@@ -57,6 +57,8 @@ enum RumpUserGuestImage {
         // The C varargs formatter of rumpuser_dprintf and rumpuser_putchar.
         #expect(console.contains("dprintf: -42 42 beef BEEF    ab|cd   | z -1234567890123 9876543210 77 0x1000 % 007\n"))
         #expect(console.contains("putchar: ok\n"))
+        // rumpuser_dl_bootstrap hands over the image's link sets.
+        #expect(console.contains("dl: 2 modules, 3 components from the link sets\n"))
     }
 
     /// Block I/O against QEMU's virtio-blk-pci over a host file: the guest

@@ -1201,6 +1201,56 @@ run(const char *name, void (*suite)(void))
 		rumpuser_dprintf("FAIL %s: %d failures\n", name, failures - before);
 }
 
+/* ---- dl_bootstrap: the image's link sets -------------------------------- */
+
+struct modinfo {
+	const char *name;
+};
+struct rump_component {
+	int type;
+};
+static const struct modinfo mod_vfs = { "vfs" }, mod_net = { "net" };
+static const struct rump_component comp_a = { 11 }, comp_b = { 22 }, comp_c = { 33 };
+/* As NetBSD's __link_set_add_rodata does: pointers in a named section. */
+static const struct modinfo *const ls_mod_vfs
+    __attribute__((section("link_set_modules"), used)) = &mod_vfs;
+static const struct modinfo *const ls_mod_net
+    __attribute__((section("link_set_modules"), used)) = &mod_net;
+static const struct rump_component *const ls_comp_a
+    __attribute__((section("link_set_rump_components"), used)) = &comp_a;
+static const struct rump_component *const ls_comp_b
+    __attribute__((section("link_set_rump_components"), used)) = &comp_b;
+static const struct rump_component *const ls_comp_c
+    __attribute__((section("link_set_rump_components"), used)) = &comp_c;
+
+static int modinit_calls, modules_seen, components_sum, components_seen;
+
+static void
+dl_modinit(const struct modinfo *const *mi, size_t n)
+{
+	modinit_calls++;
+	for (size_t i = 0; i < n; i++) {
+		if (mi[i] == &mod_vfs || mi[i] == &mod_net)
+			modules_seen++;
+	}
+}
+
+static void
+dl_compload(const struct rump_component *rc)
+{
+	components_seen++;
+	components_sum += rc->type;
+}
+
+static void
+suite_dl(void)
+{
+	HC(NEVER, rumpuser_dl_bootstrap(dl_modinit, NULL, dl_compload, NULL));
+	CHECK(modinit_calls == 1 && modules_seen == 2, "modinit: %d calls, %d of 2 modules", modinit_calls, modules_seen);
+	CHECK(components_seen == 3 && components_sum == 66, "compload: %d of 3 components, sum %d", components_seen, components_sum);
+	rumpuser_dprintf("dl: %d modules, %d components from the link sets\n", modules_seen, components_seen);
+}
+
 static struct lwp main_lwp = { 1 };
 
 /* ---- PCI interrupts (rumpcomp_pci_*, pc with -device e1000) ------------ */
@@ -1349,6 +1399,7 @@ main(int argc, char **argv)
 	run("rwlock", suite_rwlock);
 	run("cv", suite_cv);
 	run("stress", suite_stress);
+	run("dl", suite_dl);
 	char blk[32];
 	if (rumpuser_getparam("RUMPTEST_BLK", blk, sizeof(blk)) == 0)
 		run("blk", suite_blk);
