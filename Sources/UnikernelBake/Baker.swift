@@ -136,7 +136,11 @@ public struct Baker: Sendable {
         }
         let output = directory + "/image.elf"
         var arguments = ["-T", directory + "/image.ld", "-nostdlib", "-static", "-z", "max-page-size=4096", "-z", "noexecstack"]
-        arguments += ["--gc-sections", "--strip-debug", "--no-undefined", "-o", output]
+        // -z nostart-stop-gc: a section that code finds through the
+        // linker's __start_/__stop_ symbols (NetBSD link sets in a rump
+        // kernel) survives --gc-sections; LLD's default would drop it and
+        // fail the link with an undefined __start_ symbol.
+        arguments += ["--gc-sections", "-z", "nostart-stop-gc", "--strip-debug", "--no-undefined", "-o", output]
         arguments += objects
         let unicodeTables = builder.toolchain.embeddedLibraryDirectory + "/libswiftUnicodeDataTables.a"
         if FileManager.default.fileExists(atPath: unicodeTables) { arguments.append(unicodeTables) }

@@ -1223,6 +1223,15 @@ static const struct rump_component *const ls_comp_b
 static const struct rump_component *const ls_comp_c
     __attribute__((section("link_set_rump_components"), used)) = &comp_c;
 
+/* A link set of the kernel's own, found through strong __start_/__stop_
+ * references as NetBSD's __link_set_foreach does: it must survive bake's
+ * --gc-sections (LLD drops such sections unless -z nostart-stop-gc). */
+static const int sysctl_a = 3, sysctl_b = 4;
+static const int *const ls_sysctl_a __attribute__((section("link_set_test_sysctl"), used)) = &sysctl_a;
+static const int *const ls_sysctl_b __attribute__((section("link_set_test_sysctl"), used)) = &sysctl_b;
+extern const int *const __start_link_set_test_sysctl[];
+extern const int *const __stop_link_set_test_sysctl[];
+
 static int modinit_calls, modules_seen, components_sum, components_seen;
 
 static void
@@ -1248,6 +1257,10 @@ suite_dl(void)
 	HC(NEVER, rumpuser_dl_bootstrap(dl_modinit, NULL, dl_compload, NULL));
 	CHECK(modinit_calls == 1 && modules_seen == 2, "modinit: %d calls, %d of 2 modules", modinit_calls, modules_seen);
 	CHECK(components_seen == 3 && components_sum == 66, "compload: %d of 3 components, sum %d", components_seen, components_sum);
+	int own = 0;
+	for (const int *const *p = __start_link_set_test_sysctl; p < __stop_link_set_test_sysctl; p++)
+		own += **p;
+	CHECK(own == 7, "the kernel's own link set sums to %d, not 7", own);
 	rumpuser_dprintf("dl: %d modules, %d components from the link sets\n", modules_seen, components_seen);
 }
 
