@@ -57,6 +57,7 @@ case "$only" in all|blk|net) ;; *) echo "error: --only takes blk or net" >&2; ex
 [[ "$sizes" =~ ^[0-9]+(,[0-9]+)*$ ]] || { echo "error: --sizes takes numbers separated by commas" >&2; exit 64; }
 
 . Scripts/lib.sh
+. Benchmarks/linux-guest.sh
 ensure_packages
 need=()
 command -v python3 >/dev/null || need+=(python3)
@@ -109,15 +110,7 @@ gcc -O2 -static -Wall -o "$scratch/netbench" Benchmarks/drivers/linux/netbench.c
 # --- The Linux guest: Debian's generic kernel (it has virtio-blk, virtio-net
 # and e1000 as modules) and a busybox initramfs with blkbench and netbench.
 if [ "$linux" = 1 ]; then
-    kernel_package=$(apt-cache depends linux-image-amd64 | awk '/Depends: linux-image-/ {print $2; exit}')
-    [ -n "$kernel_package" ] || { echo "error: apt-cache knows no linux-image-amd64 (apt-get update?)" >&2; exit 1; }
-    kernel_dir="$scratch/$kernel_package"
-    if [ ! -d "$kernel_dir" ]; then
-        echo "==> downloading $kernel_package"
-        (cd "$scratch" && apt-get download "$kernel_package" >/dev/null)
-        dpkg-deb -x "$scratch"/"$kernel_package"_*.deb "$kernel_dir"
-    fi
-    vmlinuz=$(ls "$kernel_dir"/boot/vmlinuz-*)
+    fetch_debian_kernel amd64
     initrd="$scratch/initrd-drivers.cpio.gz"
     echo "==> building the Linux guest's initramfs"
     tree="$scratch/initramfs-drivers"
@@ -126,21 +119,6 @@ if [ "$linux" = 1 ]; then
     cp "$(command -v busybox)" "$tree/bin/busybox"
     cp "$scratch/blkbench" "$scratch/netbench" "$tree/bin/"
     order=()
-    add_module() { # name: the module and, first, what its .modinfo depends= names
-        local name="$1" file dependency done_name
-        for done_name in "${order[@]}"; do [ "$done_name" = "$name" ] && return 0; done
-        file=$(find "$kernel_dir/lib/modules" -name "$name.ko*" | head -1)
-        [ -n "$file" ] || return 0  # built in
-        case "$file" in
-            *.xz) xz -dc "$file" >"$tree/lib/modules/$name.ko" ;;
-            *.zst) zstd -dqc "$file" >"$tree/lib/modules/$name.ko" ;;
-            *) cp "$file" "$tree/lib/modules/$name.ko" ;;
-        esac
-        for dependency in $(grep -a -o 'depends=[a-z0-9_,-]*' "$tree/lib/modules/$name.ko" | head -1 | cut -d= -f2 | tr ',' ' '); do
-            add_module "$dependency"
-        done
-        order+=("$name")
-    }
     for module in virtio_pci virtio_blk virtio_net e1000; do add_module "$module"; done
     echo "${order[*]}" >"$tree/lib/modules/order"
     cat >"$tree/init" <<'INIT'

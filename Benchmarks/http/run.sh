@@ -11,6 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 . Scripts/lib.sh
+. Benchmarks/linux-guest.sh
 ensure_packages
 
 nic="${1:-virtio-net}"
@@ -36,14 +37,7 @@ fi
 # --- The Linux guest: Debian's cloud kernel and a busybox initramfs. --------
 # The cloud kernel has virtio but no e1000 driver; e1000 uses the generic one.
 flavour=$([ "$nic" = e1000 ] && echo amd64 || echo cloud-amd64)
-kernel_package=$(apt-cache depends "linux-image-$flavour" | awk '/Depends: linux-image-/ {print $2; exit}')
-kernel_dir="$scratch/$kernel_package"
-if [ ! -d "$kernel_dir" ]; then
-    echo "==> downloading $kernel_package"
-    (cd "$scratch" && apt-get download "$kernel_package" >/dev/null)
-    dpkg-deb -x "$scratch"/"$kernel_package"_*.deb "$kernel_dir"
-fi
-vmlinuz=$(ls "$kernel_dir"/boot/vmlinuz-*)
+fetch_debian_kernel "$flavour"
 kernel_version=${vmlinuz##*/vmlinuz-}
 initrd="$scratch/initrd-$kernel_version-$nic.cpio.gz"
 if [ ! -f "$initrd" ]; then
@@ -52,24 +46,8 @@ if [ ! -f "$initrd" ]; then
     rm -rf "$tree"
     mkdir -p "$tree"/{bin,proc,sys,dev,www,lib/modules,tmp}
     cp "$(command -v busybox)" "$tree/bin/busybox"
-    # The NIC driver and what it depends on (read from each module's
-    # .modinfo "depends=" field), dependencies first, when they are modules.
+    # The NIC driver and what it depends on, dependencies first.
     order=()
-    add_module() { # name
-        local name="$1" file dependency
-        for done_name in "${order[@]}"; do [ "$done_name" = "$name" ] && return 0; done
-        file=$(find "$kernel_dir/lib/modules" -name "$name.ko*" | head -1)
-        [ -n "$file" ] || return 0  # built in
-        case "$file" in
-            *.xz) xz -dc "$file" >"$tree/lib/modules/$name.ko" ;;
-            *.zst) zstd -dqc "$file" >"$tree/lib/modules/$name.ko" ;;
-            *) cp "$file" "$tree/lib/modules/$name.ko" ;;
-        esac
-        for dependency in $(grep -a -o 'depends=[a-z0-9_,-]*' "$tree/lib/modules/$name.ko" | head -1 | cut -d= -f2 | tr ',' ' '); do
-            add_module "$dependency"
-        done
-        order+=("$name")
-    }
     if [ "$nic" = e1000 ]; then add_module e1000; else add_module virtio_pci; add_module virtio_net; fi
     echo "${order[*]}" >"$tree/lib/modules/order"
     cat >"$tree/init" <<INIT
