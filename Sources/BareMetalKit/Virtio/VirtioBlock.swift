@@ -205,7 +205,7 @@ public struct VirtioBlock<Transport: VirtioTransport, DMA: DMAMemory>: BlockDevi
     public mutating func pollCompletions(_ body: (BlockCompletion) -> Void) -> Int {
         if fault == nil {
             do throws(VirtioError) {
-                _ = try core.checkInterruptStatus()
+                try core.pollStatus()
                 while let element = try queue.next() { complete(element) }
             } catch {
                 stop(error)

@@ -44,7 +44,7 @@ public struct VirtioEntropy<Transport: VirtioTransport, DMA: DMAMemory> {
                 var spins = 0
                 var element: VirtqueueUsedElement? = nil
                 while element == nil {
-                    _ = try core.checkInterruptStatus()
+                    try core.pollStatus()
                     element = try queue.next()
                     spins += 1
                     if element == nil && spins >= spinLimit { throw VirtioError.deviceBroken }

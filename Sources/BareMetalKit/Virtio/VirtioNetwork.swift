@@ -58,14 +58,6 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
     public let mtu = 1500
     public private(set) var statistics = NetworkInterfaceStatistics()
     public private(set) var fault: VirtioError?
-    /// `receive` reads the ISR (a configuration change may mean
-    /// DEVICE_NEEDS_RESET) on its first call and then on every
-    /// `statusCheckInterval`-th: each read is an exit to the hypervisor, and
-    /// under TCG reading it on every poll cost a quarter to three quarters
-    /// of the receive rate. A device that needs a reset is noticed within
-    /// that many polls (well under a millisecond of polling).
-    static var statusCheckInterval: Int { 64 }
-    var pollsUntilStatusCheck = 0
     /// Whether each receive buffer may hold part of a frame.
     public var usesMergeableBuffers: Bool { core.has(Feature.mergeableReceiveBuffers) }
 
@@ -191,11 +183,7 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         if let fault { throw .deviceError(code: fault.code) }
         var delivered = 0
         do throws(VirtioError) {
-            if pollsUntilStatusCheck == 0 {
-                _ = try core.checkInterruptStatus()
-                pollsUntilStatusCheck = Self.statusCheckInterval
-            }
-            pollsUntilStatusCheck -= 1
+            try core.pollStatus()
             while delivered < limit, let element = try receiveQueue.next() {
                 let buffer = bufferOfHead[Int(element.id)]
                 bufferOfHead[Int(element.id)] = -1
