@@ -175,6 +175,9 @@ struct IdentityMappedMemory: PhysicalMemoryReader {
 public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Platform.console.configure()
     Exceptions.install()
+    // The TSC calibration window runs from here to SystemClock.start.
+    SystemClock.beginCalibration()
+    BootTrace.mark(.console)
     let parser: BootInfoParser<IdentityMappedMemory>
     let highest: UInt64
     do {
@@ -215,10 +218,12 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     }
     Platform.heap = SizeClassHeap(pages: PhysicalPageSource(allocator: pages, mapping: IdentityFrameMapping()))
     Platform.pageTables = mapper
+    BootTrace.mark(.memory)
     seedRandom()
     // The stack protector guard from the CSPRNG; this frame never returns,
     // so no check compares against the boot value after the change.
     bmk_set_stack_guard(freshStackGuard())
+    BootTrace.mark(.random)
 
     do {
         let info = try parser.parse()
@@ -231,8 +236,11 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     } catch {
         Platform.bootFailure(error)
     }
+    BootTrace.mark(.configuration)
     Interrupts.start()
+    BootTrace.mark(.interrupts)
     Processors.startAll()
+    BootTrace.mark(.processors)
     ThreadRuntime.runMain()
 }
 

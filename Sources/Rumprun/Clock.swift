@@ -36,6 +36,10 @@ public enum Clock {
     /// The calibrated TSC frequency in Hz.
     public static var tscFrequency: UInt64 { SystemClock.tscFrequency }
 
+    /// Whether the calibration window ran during the boot steps (PIT
+    /// channel 0 started at the top of boot) instead of after them.
+    public static var calibratedDuringBoot: Bool { SystemClock.calibrationOverlappedBoot }
+
     /// The TSC frequency as each calibration source measures it now
     /// (name, Hz; nil where the source does not answer). Takes up to
     /// 50 ms per timer-based source.

@@ -38,6 +38,22 @@ print("bench: TSC \(frequency / 1_000_000) MHz from \(Clock.sourceName)")
 let boot = Platform.bootTimestamp
 let calibration = SystemClock.calibrationEndTSC &- SystemClock.calibrationStartTSC
 print("bench: boot-to-main: \(nanoseconds(mainEntryTSC &- boot) / 1000) us, of which clock calibration \(nanoseconds(calibration) / 1000) us, without it \(nanoseconds(mainEntryTSC &- boot &- calibration) / 1000) us")
+// The boot-time calibration (a window overlapping the boot steps when
+// SystemClock.calibrationOverlappedBoot) against a fresh 20 ms PIT channel 0
+// window measured now.
+if let fresh = SystemClock.measureTSCFrequency(with: .pitChannel0) {
+    let chosen = SystemClock.tscFrequency
+    let difference = chosen > fresh ? chosen - fresh : fresh - chosen
+    print("bench: TSC at boot \(chosen) Hz (window overlapped boot: \(SystemClock.calibrationOverlappedBoot)), fresh 20 ms PIT channel 0 \(fresh) Hz, difference \(difference * 1_000_000 / fresh) ppm")
+}
+// Each step of bmk_boot_main (BootTrace), then the thread runtime up to here.
+var steps = "bench: boot steps (us):"
+for step in BootStep.allCases {
+    let ticks = BootTrace.timestamp(after: step) &- BootTrace.timestamp(before: step)
+    steps += " \(step.name.description) \(nanoseconds(ticks) / 1000)"
+}
+steps += " threads \(nanoseconds(mainEntryTSC &- BootTrace.timestamp(after: .processors)) / 1000)"
+print(steps)
 
 // Context switch: two threads yielding to each other; each yield is one switch.
 do {

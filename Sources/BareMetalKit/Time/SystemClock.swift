@@ -68,6 +68,10 @@ public enum SystemClock {
         } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .cpuidCrystal
+        } else if let scale = finishEarlyCalibration() {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .pitChannel0
+            calibrationOverlappedBoot = true
         } else if let scale = calibrateWithPITChannel0(milliseconds: bracketedCalibrationMilliseconds) {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .pitChannel0
@@ -196,61 +200,62 @@ public enum SystemClock {
         return UInt64(leaf.ecx) * UInt64(leaf.ebx) / UInt64(leaf.eax)
     }
 
-    /// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with the
-    /// read-back command (count and status latched together) between two
-    /// TSC reads: (ticks since programming, TSC at the bracket's middle)
-    /// pairs at both ends of a `milliseconds` window, each the tightest of
-    /// several tries, so slow port I/O (TCG, a loaded host) widens no
-    /// measurement. The status's OUT bit says whether the count already
-    /// passed zero (OUT rises at terminal count and stays high), so one
-    /// wrap is accounted for and a delayed poll costs no retry. Works
-    /// without port 0x61 (microvm). Nil when no PIT answers.
+    /// PIT channel 0 over a fresh `milliseconds` window (at most 50),
+    /// retried up to 8 times when a poll came too late to account for the
+    /// wraps. Nil when no PIT answers.
     static func calibrateWithPITChannel0(milliseconds: UInt32) -> TickScale? {
-        let window = UInt64(1_193_182) * UInt64(min(milliseconds, 50)) / 1000
-        let initial: UInt64 = 0xFFFF
-        func sample() -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
-            let before = cpu_rdtsc()
-            cpu_outb(0x43, 0xC2)  // read-back: latch count and status, channel 0
-            let after = cpu_rdtsc()
-            let status = cpu_inb(0x40)
-            let low = UInt64(cpu_inb(0x40))
-            let high = UInt64(cpu_inb(0x40))
-            // Access lobyte/hibyte, mode 0, binary; a missing PIT reads 0xFF.
-            guard status & 0x3F == 0x30 else { return nil }
-            let count = high << 8 | low
-            let elapsed = status & 0x80 == 0 ? initial - min(count, initial) : initial + ((0x1_0000 - count) & 0xFFFF)
-            return (elapsed, before &+ (after &- before) / 2, after &- before)
-        }
-        func tightest(_ tries: Int) -> (elapsed: UInt64, tsc: UInt64, width: UInt64)? {
-            guard var best = sample() else { return nil }
-            for _ in 1..<tries {
-                guard let next = sample() else { return nil }
-                if next.width < best.width { best = next }
-            }
-            return best
-        }
+        let window = PITChannel0.ticks(milliseconds: min(milliseconds, 50))
         for _ in 0..<8 {
-            cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
-            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial))
-            cpu_outb(0x40, UInt8(truncatingIfNeeded: initial >> 8))
-            guard let first = tightest(8) else { return nil }
-            var previous = first.elapsed
-            var spins: UInt64 = 0
-            var consistent = true
-            while true {
-                guard let now = sample() else { return nil }
-                // Going backwards: a second wrap (a poll delayed > 55 ms); retry.
-                if now.elapsed < previous { consistent = false; break }
-                previous = now.elapsed
-                if now.elapsed - first.elapsed >= window { break }
-                spins += 1
-                if spins > 50_000_000 { return nil }
+            PITChannel0.program()
+            guard let first = PITChannel0.tightestSample() else { return nil }
+            switch PITChannel0.poll(from: first, untilElapsed: first.elapsed + window) {
+            case .missing: return nil
+            case .wrappedTwice: continue
+            case .reached(let last): return PITChannel0.scale(from: first, to: last)
             }
-            guard consistent, let last = tightest(8), last.elapsed >= previous, last.elapsed < initial + 0x1_0000 else { continue }
-            let ticks = last.elapsed - first.elapsed
-            return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: ticks * 1_000_000_000 / 1_193_182)
         }
         return nil
+    }
+
+    // MARK: Calibration overlapped with boot
+
+    /// The first PIT channel 0 sample, taken at the top of the boot path
+    /// by `beginCalibration`; nil when it was not taken.
+    nonisolated(unsafe) static var earlyPITSample: PITChannel0.Sample? = nil
+
+    /// Whether the last `start` used the window begun at the top of boot.
+    nonisolated(unsafe) public private(set) static var calibrationOverlappedBoot = false
+
+    /// Starts PIT channel 0 and takes the first calibration sample, so the
+    /// window runs while the rest of the boot path works (under TCG those
+    /// steps take about as long as the window). Does nothing when kvmclock
+    /// or CPUID 0x15 will give the rate without measuring.
+    public static func beginCalibration() {
+        let cpu = CPUInformation(source: HardwareCPUID())
+        guard !cpu.hasKVMClock, crystalFrequency(cpu) == nil else { return }
+        PITChannel0.program()
+        earlyPITSample = PITChannel0.tightestSample()
+    }
+
+    /// Ends the window begun by `beginCalibration`: a middle sample now,
+    /// then polling until the window from the first sample is at least
+    /// `bracketedCalibrationMilliseconds` and the one from the middle at
+    /// least 2 ms. The long window's rate is kept when the short one agrees
+    /// within 2 %: more than one uncounted wrap (boot steps slower than
+    /// 110 ms) would put them ≥ 33 % apart. Nil means measure afresh.
+    static func finishEarlyCalibration() -> TickScale? {
+        guard let first = earlyPITSample else { return nil }
+        earlyPITSample = nil
+        guard let middle = PITChannel0.tightestSample(), middle.elapsed >= first.elapsed else { return nil }
+        let target = max(
+            middle.elapsed + PITChannel0.ticks(milliseconds: 2),
+            first.elapsed + PITChannel0.ticks(milliseconds: bracketedCalibrationMilliseconds))
+        guard case .reached(let last) = PITChannel0.poll(from: middle, untilElapsed: target),
+            let long = PITChannel0.scale(from: first, to: last), let short = PITChannel0.scale(from: middle, to: last)
+        else { return nil }
+        let (a, b) = (long.ticksPerSecond, short.ticksPerSecond)
+        guard max(a, b) - min(a, b) <= b / 50 else { return nil }
+        return long
     }
 
     /// The TSC against the HPET main counter over `milliseconds`: counter
@@ -288,6 +293,88 @@ public enum SystemClock {
         let last = tightest()
         let nanoseconds = (last.counter &- first.counter) &* period / 1_000_000
         return TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: nanoseconds)
+    }
+}
+
+/// PIT channel 0 counting down from 0xFFFF in mode 0, sampled with the
+/// read-back command (count and status latched together) between two TSC
+/// reads (Intel 8254 data sheet): each sample is (ticks since programming,
+/// TSC at the bracket's middle, bracket width), so slow port I/O (TCG, a
+/// loaded host) widens no measurement. The status's OUT bit says whether
+/// the count already passed zero (OUT rises at terminal count and stays
+/// high), so one wrap is accounted for: samples are exact up to 131 071
+/// ticks (about 110 ms) after programming. Works without port 0x61
+/// (microvm).
+enum PITChannel0 {
+    static let hertz: UInt64 = 1_193_182
+    static let initialCount: UInt64 = 0xFFFF
+
+    struct Sample {
+        var elapsed: UInt64
+        var tsc: UInt64
+        var width: UInt64
+    }
+
+    enum PollResult {
+        case reached(Sample)
+        /// The count went backwards: a second wrap (a poll delayed by more
+        /// than a wrap period).
+        case wrappedTwice
+        /// No PIT answers (reads 0xFF).
+        case missing
+    }
+
+    static func ticks(milliseconds: UInt32) -> UInt64 { hertz * UInt64(milliseconds) / 1000 }
+
+    static func program() {
+        cpu_outb(0x43, 0x30)  // channel 0, lobyte/hibyte, mode 0, binary
+        cpu_outb(0x40, UInt8(truncatingIfNeeded: initialCount))
+        cpu_outb(0x40, UInt8(truncatingIfNeeded: initialCount >> 8))
+    }
+
+    static func sample() -> Sample? {
+        let before = cpu_rdtsc()
+        cpu_outb(0x43, 0xC2)  // read-back: latch count and status, channel 0
+        let after = cpu_rdtsc()
+        let status = cpu_inb(0x40)
+        let low = UInt64(cpu_inb(0x40))
+        let high = UInt64(cpu_inb(0x40))
+        // Access lobyte/hibyte, mode 0, binary; a missing PIT reads 0xFF.
+        guard status & 0x3F == 0x30 else { return nil }
+        let count = high << 8 | low
+        let elapsed = status & 0x80 == 0 ? initialCount - min(count, initialCount) : initialCount + ((0x1_0000 - count) & 0xFFFF)
+        return Sample(elapsed: elapsed, tsc: before &+ (after &- before) / 2, width: after &- before)
+    }
+
+    /// The tightest-bracketed of `tries` samples.
+    static func tightestSample(tries: Int = 8) -> Sample? {
+        guard var best = sample() else { return nil }
+        for _ in 1..<tries {
+            guard let next = sample() else { return nil }
+            if next.width < best.width { best = next }
+        }
+        return best
+    }
+
+    /// Polls until `target` ticks since programming, then takes the
+    /// tightest sample.
+    static func poll(from start: Sample, untilElapsed target: UInt64) -> PollResult {
+        var previous = start.elapsed
+        var spins: UInt64 = 0
+        while previous < target {
+            guard let now = sample() else { return .missing }
+            if now.elapsed < previous { return .wrappedTwice }
+            previous = now.elapsed
+            spins += 1
+            if spins > 50_000_000 { return .missing }
+        }
+        guard let last = tightestSample() else { return .missing }
+        guard last.elapsed >= previous, last.elapsed < initialCount + 0x1_0000 else { return .wrappedTwice }
+        return .reached(last)
+    }
+
+    static func scale(from first: Sample, to last: Sample) -> TickScale? {
+        TickScale(ticks: last.tsc &- first.tsc, overNanoseconds: (last.elapsed - first.elapsed) * 1_000_000_000 / hertz)
     }
 }
 

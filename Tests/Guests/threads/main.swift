@@ -308,6 +308,7 @@ func testClocks() {
     check(backwards == 0 && previous > first, "clock: monotonic never went backwards")
     let wall = Clock.wall
     print("clock: source \(Clock.sourceName), tsc \(Clock.tscFrequency / 1_000_000) MHz, wall \(wall / 1_000_000_000)")
+    print("clock: calibration window overlapped the boot steps: \(Clock.calibratedDuringBoot)")
     for (name, hertz) in Clock.crossCheck() {
         print("clock: cross-check \(name): " + (hertz.map { "\($0 / 1_000_000) MHz" } ?? "absent"))
     }
