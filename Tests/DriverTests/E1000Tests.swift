@@ -17,6 +17,8 @@ final class E1000Model: MMIOHandler {
     var resetReadsLeft = 0
     var resets = 0
     var overruns = 0
+    /// Reads of STATUS (each one an exit to the hypervisor on a real machine).
+    var statusReads = 0
 
     init(arena: DMAArena) {
         self.arena = arena
@@ -31,6 +33,8 @@ final class E1000Model: MMIOHandler {
                 resetReadsLeft -= 1
                 if resetReadsLeft == 0 { registers[0] = registers[0, default: 0] & ~(1 << 26) }
             }
+        case 0x0008:
+            statusReads += 1
         case 0x00C0:
             let value = registers[0xC0, default: 0]
             registers[0xC0] = 0
@@ -209,6 +213,34 @@ final class E1000Rig {
     // Every descriptor went back to the hardware.
     for seed in 0..<15 { #expect(rig.model.receive(frame(size: 100, seed: UInt64(seed)))) }
     #expect(try nic.receive(limit: 100) { _ in } == 15)
+}
+
+/// `send` reads STATUS once per `linkCheckInterval` frames, not per frame;
+/// a link that goes down is noticed at once after ICR reports the change,
+/// and within that many sends when nobody reads ICR (polled mode).
+@Test func e1000SendReadsTheLinkStatusOnlyNowAndThen() throws {
+    let rig = E1000Rig()
+    var nic = try rig.driver(ringSize: 16)
+    let interval = E1000<BusWindow, TestDMA>.linkCheckInterval
+    let outgoing = frame(size: 64, seed: 3)
+    let readsBefore = rig.model.statusReads
+    for _ in 0..<(10 * interval) {
+        try outgoing.withUnsafeBytes { try nic.send(frame: $0) }
+        nic.reclaimTransmitted()
+    }
+    #expect(rig.model.statusReads - readsBefore <= 10)
+    rig.model.setLink(up: false)
+    var sentWhileDown = 0
+    while sentWhileDown <= interval {
+        do {
+            try outgoing.withUnsafeBytes { try nic.send(frame: $0) }
+            nic.reclaimTransmitted()
+            sentWhileDown += 1
+        } catch NetworkInterfaceError.linkDown {
+            break
+        }
+    }
+    #expect(sentWhileDown < interval, "the link going down was not noticed within \(interval) sends")
 }
 
 @Test func e1000ReportsOverrunsFullRingsAndLinkChanges() throws {

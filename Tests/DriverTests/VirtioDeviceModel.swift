@@ -278,7 +278,12 @@ final class VirtioDeviceModel {
         }
     }
 
+    /// Reads of the device-specific configuration (each one an exit to
+    /// the hypervisor on a real machine).
+    var configurationReads = 0
+
     func configurationRead(_ offset: Int, _ width: Int) -> UInt64 {
+        configurationReads += 1
         let bytes = behavior.configuration(self)
         var value: UInt64 = 0
         for index in 0..<width where offset + index < bytes.count { value |= UInt64(bytes[offset + index]) << (8 * UInt64(index)) }

@@ -332,6 +332,35 @@ func networkSendsAndReceivesFramesOfEverySize(mergeable: Bool) throws {
     #expect(nic.headerLength == 10)  // legacy without mergeable buffers
 }
 
+/// `send` does not read the link status from the device for every frame:
+/// only when the ISR is read (first poll, then every
+/// `statusCheckInterval`-th), yet a link that goes down is still noticed
+/// within that many sends.
+@Test func sendReadsTheLinkStatusOnlyWithTheISR() throws {
+    let behavior = NetworkBehavior(mergeable: false)
+    let rig = VirtioRig(behavior, queueSize: 16)
+    var nic = try VirtioNetwork(transport: try rig.modern(), dma: rig.dma, queueSize: 16)
+    let interval = VirtioDeviceCore<VirtioPCIModernTransport<BusWindow>, TestDMA>.statusCheckInterval
+    let outgoing = frame(size: 64, seed: 2)
+    let readsBefore = rig.model.configurationReads
+    for _ in 0..<(10 * interval) { try outgoing.withUnsafeBytes { try nic.send(frame: $0) } }
+    #expect(rig.model.configurationReads - readsBefore <= 10)
+    #expect(behavior.transmitted.count == 10 * interval)
+    behavior.linkUp = false
+    rig.model.configurationChanged()
+    var sentWhileDown = 0
+    while sentWhileDown <= interval {
+        do {
+            try outgoing.withUnsafeBytes { try nic.send(frame: $0) }
+            sentWhileDown += 1
+        } catch NetworkInterfaceError.linkDown {
+            break
+        }
+    }
+    #expect(sentWhileDown < interval, "the link going down was not noticed within \(interval) sends")
+    #expect(nic.fault == nil)
+}
+
 @Test(arguments: InjectedFault.allCases)
 func networkFaultsStopTheDriverWithATypedError(fault: InjectedFault) throws {
     let behavior = NetworkBehavior(mergeable: false)

@@ -121,6 +121,13 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
     public private(set) var statistics = NetworkInterfaceStatistics()
     /// Link-status changes seen in ICR.
     public private(set) var linkChanges = 0
+    /// STATUS.LU as last read: on the first send and every
+    /// `linkCheckInterval`-th after it, and whenever ICR reports a link
+    /// change. `send` checks this instead of reading STATUS for every
+    /// frame (each read is an exit to the hypervisor).
+    var linkUpAtLastCheck = true
+    var sendsUntilLinkCheck = 0
+    static var linkCheckInterval: Int { 64 }
 
     /// Resets the controller, reads the MAC address, and sets up both rings
     /// with `ringSize` descriptors (a multiple of 8) and 2048-byte buffers.
@@ -216,7 +223,7 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
             UInt8(truncatingIfNeeded: words[2]), UInt8(truncatingIfNeeded: words[2] >> 8))
     }
 
-    /// STATUS.LU.
+    /// STATUS.LU, read from the device now.
     public var isLinkUp: Bool { registers.read32(at: Self.status) & Self.statusLinkUp != 0 }
 
     /// Unmasks the causes the driver handles (link change, receive timer,
@@ -243,7 +250,11 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
     /// Reads (and so clears) ICR; counts link-status changes and overruns.
     public mutating func interruptCauses() -> E1000InterruptCauses {
         let causes = E1000InterruptCauses(rawValue: registers.read32(at: Self.icr))
-        if causes.contains(.linkStatusChange) { linkChanges += 1 }
+        if causes.contains(.linkStatusChange) {
+            linkChanges += 1
+            linkUpAtLastCheck = isLinkUp
+            sendsUntilLinkCheck = Self.linkCheckInterval
+        }
         if causes.contains(.receiveOverrun) { statistics.receiveDropped += 1 }
         return causes
     }
@@ -262,7 +273,12 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
     public mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
         guard frame.count >= 14 else { throw .frameTooSmall(size: frame.count) }
         guard frame.count <= Self.maximumFrame else { throw .frameTooLarge(size: frame.count, limit: Self.maximumFrame) }
-        guard isLinkUp else { throw .linkDown }
+        if sendsUntilLinkCheck == 0 {
+            linkUpAtLastCheck = isLinkUp
+            sendsUntilLinkCheck = Self.linkCheckInterval
+        }
+        sendsUntilLinkCheck -= 1
+        guard linkUpAtLastCheck else { throw .linkDown }
         if (transmitTail + 1) % ringSize == transmitClean { reclaimTransmitted() }
         guard (transmitTail + 1) % ringSize != transmitClean else {
             statistics.transmitErrors += 1

@@ -58,6 +58,12 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
     public let mtu = 1500
     public private(set) var statistics = NetworkInterfaceStatistics()
     public private(set) var fault: VirtioError?
+    /// The link as last read from the device: at start, then whenever the
+    /// ISR is read (see `pollStatus`) or an interrupt is handled. `send`
+    /// checks this instead of reading the configuration space each time
+    /// (one exit to the hypervisor per frame, and under QEMU one more
+    /// acquisition of its global lock, which a busy network backend holds).
+    var linkUpAtLastCheck = true
     /// Whether each receive buffer may hold part of a frame.
     public var usesMergeableBuffers: Bool { core.has(Feature.mergeableReceiveBuffers) }
 
@@ -115,9 +121,11 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         }
         core.start()
         core.notifyIfNeeded(receiveQueue)
+        linkUpAtLastCheck = isLinkUp
     }
 
-    /// VIRTIO_NET_S_LINK_UP, or always up without VIRTIO_NET_F_STATUS.
+    /// VIRTIO_NET_S_LINK_UP, or always up without VIRTIO_NET_F_STATUS
+    /// (read from the device now).
     public var isLinkUp: Bool {
         guard fault == nil else { return false }
         guard core.has(Feature.status) else { return true }
@@ -149,7 +157,12 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         if let fault { throw .deviceError(code: fault.code) }
         guard frame.count >= 14 else { throw .frameTooSmall(size: frame.count) }
         guard frame.count <= Self.maximumFrame else { throw .frameTooLarge(size: frame.count, limit: Self.maximumFrame) }
-        guard isLinkUp else { throw .linkDown }
+        do throws(VirtioError) {
+            if try core.pollStatus() { linkUpAtLastCheck = isLinkUp }
+        } catch {
+            throw stop(error)
+        }
+        guard linkUpAtLastCheck else { throw .linkDown }
         if freeTransmitSlots.isEmpty { try reclaimTransmitted() }
         guard let slot = freeTransmitSlots.popLast() else {
             statistics.transmitErrors += 1
@@ -183,7 +196,7 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         if let fault { throw .deviceError(code: fault.code) }
         var delivered = 0
         do throws(VirtioError) {
-            try core.pollStatus()
+            if try core.pollStatus() { linkUpAtLastCheck = isLinkUp }
             while delivered < limit, let element = try receiveQueue.next() {
                 let buffer = bufferOfHead[Int(element.id)]
                 bufferOfHead[Int(element.id)] = -1
@@ -277,6 +290,7 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
     public mutating func handleInterrupt() throws(NetworkInterfaceError) -> Bool {
         if let fault { throw .deviceError(code: fault.code) }
         do throws(VirtioError) { _ = try core.checkInterruptStatus() } catch { throw stop(error) }
+        linkUpAtLastCheck = isLinkUp
         return receiveQueue.hasUsed || transmitQueue.hasUsed
     }
 

@@ -248,12 +248,17 @@ public struct VirtioDeviceCore<Transport: VirtioTransport, DMA: DMAMemory> {
     /// virtio-net a third of its receive rate); a device that needs a reset
     /// is still noticed within that many polls. Interrupt handlers call
     /// `checkInterruptStatus` itself (the read also acknowledges INTx).
-    public mutating func pollStatus() throws(VirtioError) {
-        if pollsUntilStatusCheck == 0 {
+    /// Returns whether this poll read the ISR (drivers re-read cached
+    /// device state, such as the link, at the same rate).
+    @discardableResult
+    public mutating func pollStatus() throws(VirtioError) -> Bool {
+        let due = pollsUntilStatusCheck == 0
+        if due {
             _ = try checkInterruptStatus()
             pollsUntilStatusCheck = Self.statusCheckInterval
         }
         pollsUntilStatusCheck -= 1
+        return due
     }
 
     /// Sends a notification for `queue` if its suppression state asks for one.
