@@ -91,6 +91,34 @@ enum GuestNIC: NetworkInterface {
         }
     }
 
+    mutating func beginTransmitBatch() {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            nic.beginTransmitBatch()
+            self = .virtio(nic)
+        case .e1000(var nic):
+            self = .detached
+            nic.beginTransmitBatch()
+            self = .e1000(nic)
+        case .detached: break
+        }
+    }
+
+    mutating func endTransmitBatch() {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            nic.endTransmitBatch()
+            self = .virtio(nic)
+        case .e1000(var nic):
+            self = .detached
+            nic.endTransmitBatch()
+            self = .e1000(nic)
+        case .detached: break
+        }
+    }
+
     /// Stops the device's DMA (before the guest exits or drops the driver).
     func shutdown() {
         switch self {

@@ -66,4 +66,20 @@ public protocol NetworkInterface {
     /// Hands up to `limit` received frames to `body`, each valid only during
     /// its call, and returns how many were delivered. Never blocks.
     mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int
+
+    /// Starts a transmit batch: until `endTransmitBatch`, `send` may queue
+    /// frames without telling the device about each one (a notification or
+    /// tail-register write is an exit to the hypervisor). A driver that
+    /// runs out of transmit slots in a batch tells the device before it
+    /// reports `transmitQueueFull`, so the slots come back.
+    mutating func beginTransmitBatch()
+
+    /// Ends the batch: tells the device once about every frame queued in it.
+    mutating func endTransmitBatch()
+}
+
+extension NetworkInterface {
+    /// Without batching every `send` tells the device at once.
+    public mutating func beginTransmitBatch() {}
+    public mutating func endTransmitBatch() {}
 }

@@ -277,3 +277,37 @@ final class StatusOnly: MMIOHandler {
     func read(_ offset: Int, width: Int) -> UInt64 { offset == 0x0008 ? 0x3 : 0 }
     func write(_ offset: Int, width: Int, _ value: UInt64) {}
 }
+
+/// In a transmit batch the e1000 driver writes TDT once, at the end; a
+/// ring that fills inside a batch gets its tail written before the driver
+/// reports it full.
+@Test func e1000TransmitBatchesWriteTheTailOnce() throws {
+    let rig = E1000Rig()
+    var nic = try rig.driver(ringSize: 8)
+    let outgoing = frame(size: 64, seed: 5)
+    nic.beginTransmitBatch()
+    for _ in 0..<5 { try outgoing.withUnsafeBytes { try nic.send(frame: $0) } }
+    #expect(rig.model.transmitted.isEmpty)
+    nic.endTransmitBatch()
+    #expect(rig.model.transmitted.count == 5)
+    nic.reclaimTransmitted()
+
+    // Inside a batch the controller has not seen the new descriptors, so
+    // none finishes and the ring fills; TDH moves once the tail is written.
+    let headBefore = rig.model.registers[0x3810, default: 0]
+    nic.beginTransmitBatch()
+    var queued = 0
+    while queued < 8 {
+        do {
+            try outgoing.withUnsafeBytes { try nic.send(frame: $0) }
+            queued += 1
+        } catch NetworkInterfaceError.transmitQueueFull {
+            break
+        }
+    }
+    #expect(queued == 7)  // one descriptor always stays empty
+    #expect(rig.model.transmitted.count == 12, "the tail of a full batch was not written")
+    #expect(rig.model.registers[0x3810, default: 0] != headBefore)
+    nic.endTransmitBatch()
+    #expect(rig.model.transmitted.count == 12)
+}

@@ -491,3 +491,30 @@ func networkFaultsStopTheDriverWithATypedError(fault: InjectedFault) throws {
     #expect(rig.model.isr == 0)  // reading the ISR cleared it
     #expect(try nic.receive(limit: 8) { _ in } == 1)
 }
+
+/// In a transmit batch virtio-net queues frames without notifying; the
+/// batch's end notifies once. When the ring fills inside a batch the
+/// driver notifies before reporting it full, so the device can drain it.
+@Test func transmitBatchesNotifyOnceAndAFullRingStillReachesTheDevice() throws {
+    let behavior = NetworkBehavior(mergeable: false)
+    let rig = VirtioRig(behavior, queueSize: 8)
+    var nic = try VirtioNetwork(transport: try rig.modern(), dma: rig.dma, queueSize: 8)
+    let outgoing = frame(size: 64, seed: 4)
+    let before = rig.model.queues[1].notifications
+    nic.beginTransmitBatch()
+    for _ in 0..<5 { try outgoing.withUnsafeBytes { try nic.send(frame: $0) } }
+    #expect(rig.model.queues[1].notifications == before && behavior.transmitted.isEmpty)
+    nic.endTransmitBatch()
+    #expect(rig.model.queues[1].notifications == before + 1)
+    #expect(behavior.transmitted.count == 5)
+
+    try nic.reclaimTransmitted()
+    behavior.holdTransmitCompletions = true
+    nic.beginTransmitBatch()
+    for _ in 0..<8 { try outgoing.withUnsafeBytes { try nic.send(frame: $0) } }
+    #expect(behavior.heldTransmits.isEmpty)
+    #expect(throws: NetworkInterfaceError.transmitQueueFull) { try outgoing.withUnsafeBytes { try nic.send(frame: $0) } }
+    #expect(behavior.heldTransmits.count == 8, "the device was not told about the frames of a full batch")
+    nic.endTransmitBatch()
+    #expect(behavior.heldTransmits.count == 8)
+}

@@ -128,6 +128,9 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
     var linkUpAtLastCheck = true
     var sendsUntilLinkCheck = 0
     static var linkCheckInterval: Int { 64 }
+    /// Inside a transmit batch, and whether TDT lags behind `transmitTail`.
+    var batchingTransmissions = false
+    var tailWritePending = false
 
     /// Resets the controller, reads the MAC address, and sets up both rings
     /// with `ringSize` descriptors (a multiple of 8) and 2048-byte buffers.
@@ -281,6 +284,9 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
         guard linkUpAtLastCheck else { throw .linkDown }
         if (transmitTail + 1) % ringSize == transmitClean { reclaimTransmitted() }
         guard (transmitTail + 1) % ringSize != transmitClean else {
+            // Descriptors held back by a batch must reach the controller,
+            // or the ring never drains.
+            writePendingTail()
             statistics.transmitErrors += 1
             throw .transmitQueueFull
         }
@@ -296,9 +302,27 @@ public struct E1000<Registers: RegisterBlock, DMA: DMAMemory>: NetworkInterface 
         descriptor.storeLE32(12, 0)
         dma.storeBarrier()
         transmitTail = (transmitTail + 1) % ringSize
-        registers.write32(at: Self.tdt, UInt32(transmitTail))
+        if batchingTransmissions {
+            tailWritePending = true
+        } else {
+            registers.write32(at: Self.tdt, UInt32(transmitTail))
+        }
         statistics.framesSent += 1
         statistics.bytesSent += frame.count
+    }
+
+    public mutating func beginTransmitBatch() { batchingTransmissions = true }
+
+    public mutating func endTransmitBatch() {
+        batchingTransmissions = false
+        writePendingTail()
+    }
+
+    /// One TDT write for the descriptors queued since the batch began.
+    mutating func writePendingTail() {
+        guard tailWritePending else { return }
+        tailWritePending = false
+        registers.write32(at: Self.tdt, UInt32(transmitTail))
     }
 
     public mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {

@@ -64,6 +64,10 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
     /// (one exit to the hypervisor per frame, and under QEMU one more
     /// acquisition of its global lock, which a busy network backend holds).
     var linkUpAtLastCheck = true
+    /// Inside a transmit batch (`beginTransmitBatch`), and whether a frame
+    /// was queued in it without a notification.
+    var batchingTransmissions = false
+    var transmitNotificationPending = false
     /// Whether each receive buffer may hold part of a frame.
     public var usesMergeableBuffers: Bool { core.has(Feature.mergeableReceiveBuffers) }
 
@@ -165,6 +169,9 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         guard linkUpAtLastCheck else { throw .linkDown }
         if freeTransmitSlots.isEmpty { try reclaimTransmitted() }
         guard let slot = freeTransmitSlots.popLast() else {
+            // Frames held back by a batch must reach the device, or their
+            // slots never come back.
+            notifyPendingTransmissions()
             statistics.transmitErrors += 1
             throw .transmitQueueFull
         }
@@ -182,12 +189,17 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         } catch {
             freeTransmitSlots.append(slot)
             if case .queueFull = error {
+                notifyPendingTransmissions()
                 statistics.transmitErrors += 1
                 throw .transmitQueueFull
             }
             throw stop(error)
         }
-        core.notifyIfNeeded(transmitQueue)
+        if batchingTransmissions {
+            transmitNotificationPending = true
+        } else {
+            core.notifyIfNeeded(transmitQueue)
+        }
         statistics.framesSent += 1
         statistics.bytesSent += frame.count
     }
@@ -276,6 +288,21 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         statistics.framesReceived += 1
         statistics.bytesReceived += mergeLength
         return true
+    }
+
+    public mutating func beginTransmitBatch() { batchingTransmissions = true }
+
+    public mutating func endTransmitBatch() {
+        batchingTransmissions = false
+        notifyPendingTransmissions()
+    }
+
+    /// One notification (if the device wants it) for the frames queued
+    /// since the batch began.
+    mutating func notifyPendingTransmissions() {
+        guard transmitNotificationPending else { return }
+        transmitNotificationPending = false
+        core.notifyIfNeeded(transmitQueue)
     }
 
     /// Polled mode (`true`) asks the device not to interrupt; `false`

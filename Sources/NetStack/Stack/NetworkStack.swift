@@ -147,6 +147,8 @@ public final class NetworkStack<Interface: NetworkInterface> {
     var random: SplitMix64
     let sequenceKey: (UInt64, UInt64)
     var identification: UInt16
+    /// Depth of nested `batchingTransmissions` calls.
+    var transmitBatchDepth = 0
     var icmpTokens: Int
     var icmpRefill: UInt64 = 0
     var echoReplies: [EchoReply] = []
@@ -215,8 +217,29 @@ public final class NetworkStack<Interface: NetworkInterface> {
 
     // MARK: Driving the stack
 
+    /// Runs `body` with every interface in a transmit batch, so the frames
+    /// it sends reach each device with one notification; a nested call
+    /// joins the outer batch.
+    func batchingTransmissions<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+        transmitBatchDepth += 1
+        if transmitBatchDepth == 1 {
+            for index in interfaces.indices { interfaces[index].device.beginTransmitBatch() }
+        }
+        defer {
+            transmitBatchDepth -= 1
+            if transmitBatchDepth == 0 {
+                for index in interfaces.indices { interfaces[index].device.endTransmitBatch() }
+            }
+        }
+        return try body()
+    }
+
     /// Takes received frames from every interface, then runs due timers.
     public func poll(now: UInt64, receiveLimit: Int = 64) {
+        batchingTransmissions { pollInBatch(now: now, receiveLimit: receiveLimit) }
+    }
+
+    func pollInBatch(now: UInt64, receiveLimit: Int) {
         self.now = Swift.max(self.now, now)
         for index in interfaces.indices {
             var frames: [[UInt8]] = []

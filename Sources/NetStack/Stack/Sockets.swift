@@ -338,7 +338,7 @@ extension NetworkStack {
         guard connection.canWrite else { throw connection.finQueued ? .sendingClosed : .notConnected }
         guard !bytes.isEmpty else { return 0 }
         let n = connection.write(bytes, now: now)
-        settle(connection)
+        batchingTransmissions { settle(connection) }
         guard n > 0 else { throw .wouldBlock }
         return n
     }
