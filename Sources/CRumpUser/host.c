@@ -11,6 +11,7 @@
 #include <link.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <linux/futex.h>
 #include <sys/random.h>
 #include <sys/syscall.h>
@@ -28,6 +29,12 @@ crumpuser_set_thread_name(pthread_t thread, const char *name)
 	strncpy(truncated, name, sizeof(truncated) - 1);
 	truncated[sizeof(truncated) - 1] = '\0';
 	return pthread_setname_np(thread, truncated);
+}
+
+void
+crumpuser_set_own_thread_name(const char *name)
+{
+	(void)prctl(PR_SET_NAME, name, 0, 0, 0);
 }
 
 long

@@ -150,7 +150,8 @@ public func rumpuserGetfileinfo(_ path: UnsafePointer<CChar>?, _ size: UnsafeMut
 /// (never waiting, never releasing the CPU) for one worker thread, which
 /// performs transfers without a CPU and then takes one (`hyp_schedule`)
 /// once per batch of up to 16 requests to call their `biodone`s. The worker
-/// gets its own lwp at start (`hyp_lwproc_newlwp`).
+/// gets its own lwp at start (`hyp_lwproc_newlwp`). Both through the
+/// component helpers (`Component`), as any platform thread in the kernel.
 enum BlockIOWorker {
     struct Request {
         var descriptor: Int32
@@ -194,9 +195,7 @@ enum BlockIOWorker {
     }
 
     static func run() -> Int {
-        Upcalls.table.hyp_schedule?()
-        _ = Upcalls.table.hyp_lwproc_newlwp?(0)
-        Upcalls.table.hyp_unschedule?()
+        Component.makeKernelThread()
         while true {
             let batch = critical { takeBatch() }
             if batch.isEmpty {
@@ -205,11 +204,11 @@ enum BlockIOWorker {
             }
             var results: [(Int, Int32)] = []
             for request in batch { results.append(perform(request)) }
-            Upcalls.table.hyp_schedule?()
+            Component.enter()
             for index in 0..<batch.count {
                 batch[index].done?(batch[index].argument, results[index].0, results[index].1)
             }
-            Upcalls.table.hyp_unschedule?()
+            Component.leave()
         }
     }
 

@@ -99,13 +99,10 @@ public func rumpuserInit(_ version: Int32, _ hyperup: UnsafePointer<rumpuser_hyp
     guard let hyperup else { return NetBSDError.EINVAL }
     Upcalls.table = hyperup.pointee
     // Rump PCI interrupt handlers run on the platform's interrupt thread
-    // with a rump CPU, as an lwp of their own (made once).
-    RumpPCIInterrupts.threadStart = {
-        Upcalls.table.hyp_schedule?()
-        _ = Upcalls.table.hyp_lwproc_newlwp?(0)
-        Upcalls.table.hyp_unschedule?()
-    }
-    RumpPCIInterrupts.enterKernel = { Upcalls.table.hyp_schedule?() }
-    RumpPCIInterrupts.leaveKernel = { Upcalls.table.hyp_unschedule?() }
+    // with a rump CPU, as an lwp of their own (made once): the thread is a
+    // component thread, so it uses the rumpuser_component_* mechanism.
+    RumpPCIInterrupts.threadStart = { Component.makeKernelThread() }
+    RumpPCIInterrupts.enterKernel = { Component.enter() }
+    RumpPCIInterrupts.leaveKernel = { Component.leave() }
     return 0
 }

@@ -43,7 +43,7 @@ enum RumpUserGuestImage {
         let console = run.stdout
         #expect(run.status == 0, "status \(run.status)\n\(console)\n\(run.stderr)")
         #expect(!console.contains("FAIL"), "\(console)")
-        for suite in ["init", "memory", "clocks", "params", "misc", "threads", "mutex", "rwlock", "cv", "stress", "dl"] {
+        for suite in ["init", "memory", "clocks", "params", "misc", "threads", "component", "mutex", "rwlock", "cv", "stress", "dl"] {
             #expect(console.contains("ok \(suite) ("), "suite \(suite) did not pass:\n\(console)")
         }
         #expect(console.contains(", 0 failures\n"))
@@ -57,6 +57,9 @@ enum RumpUserGuestImage {
         // The C varargs formatter of rumpuser_dprintf and rumpuser_putchar.
         #expect(console.contains("dprintf: -42 42 beef BEEF    ab|cd   | z -1234567890123 9876543210 77 0x1000 % 007\n"))
         #expect(console.contains("putchar: ok\n"))
+        // rumpuser_component_*: two threads the kernel did not set up enter
+        // it 40 times each; every lwp the kernel made for them is gone.
+        #expect(console.contains("component: 2 threads x 40 rounds, counter 100, 6 kernel lwps made and dropped\n"))
         // rumpuser_dl_bootstrap hands over the image's link sets.
         #expect(console.contains("dl: 2 modules, 3 components from the link sets\n"))
     }
@@ -99,12 +102,15 @@ enum RumpUserGuestImage {
         #expect(run.stdout.contains("pci: 100 interrupts handled on the interrupt thread"), "\(run.stdout)")
     }
 
-    @Test func theGuestModulesDefineEveryFunctionOfTheSharedHeader() throws {
+    @Test func theGuestModulesDefineEveryFunctionOfTheSharedHeaders() throws {
         _ = try RumpUserGuestImage.image.get()
         let root = Integration.sourceRoot
-        let header = try String(contentsOfFile: root + "/Sources/CRumpUser/include/rumpuser.h", encoding: .utf8)
         var declared = Set<String>()
-        for line in header.split(separator: "\n") where !line.hasPrefix("#") && !line.hasPrefix(" *") {
+        var lines: [Substring] = []
+        for header in ["rumpuser.h", "rumpuser_component.h"] {
+            lines += try String(contentsOfFile: root + "/Sources/CRumpUser/include/" + header, encoding: .utf8).split(separator: "\n")
+        }
+        for line in lines where !line.hasPrefix("#") && !line.hasPrefix(" *") {
             var rest = Substring(line)
             while let start = rest.range(of: "rumpuser_") {
                 let name = rest[start.lowerBound...].prefix { $0.isLetter || $0.isNumber || $0 == "_" }
@@ -118,7 +124,8 @@ enum RumpUserGuestImage {
         let objects = try builder.buildPlatform(modules: ["CRumpUserGuest", "RumpUserGuest"]).objects
         let symbols = try Toolchain.run(toolchain.binDirectory + "/llvm-nm", ["--defined-only", "-j"] + objects).output
         let defined = Set(symbols.split(separator: "\n").map(String.init))
-        #expect(declared.count >= 60, "parsed \(declared.count) declarations")
+        #expect(declared.count >= 69, "parsed \(declared.count) declarations")
+        #expect(declared.contains("rumpuser_component_schedule_intr"))
         #expect(declared.subtracting(defined).isEmpty, "not defined in the guest: \(declared.subtracting(defined).sorted())")
     }
 

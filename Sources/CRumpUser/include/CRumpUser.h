@@ -175,6 +175,8 @@ void crumpuser_futex_wake(uint32_t *word, int count);
 
 /* pthread_setname_np, truncating the name to the host's 15 characters. */
 int crumpuser_set_thread_name(pthread_t thread, const char *name);
+/* Names the calling thread (PR_SET_NAME: at most 15 characters are kept). */
+void crumpuser_set_own_thread_name(const char *name);
 /* getrandom(2); returns the byte count or -1 with errno set. */
 long crumpuser_host_getrandom(void *buffer, size_t length, int nonblocking,
     int hard);

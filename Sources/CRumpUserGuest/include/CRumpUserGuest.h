@@ -6,7 +6,8 @@
  * freestanding guest (include/sys/types.h supplies pid_t) and adds the few
  * guest-only C pieces: the thread-local curlwp and errno slots and the
  * varargs rumpuser_dprintf (rumpuser_guest.c).  The other rumpuser_*
- * functions are defined in Swift by the RumpUserGuest module.
+ * functions, and the rumpuser_component_* helpers of the shared
+ * rumpuser_component.h, are defined in Swift by the RumpUserGuest module.
  */
 #ifndef _CRUMPUSER_GUEST_H_
 #define _CRUMPUSER_GUEST_H_
@@ -14,6 +15,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "../../CRumpUser/include/rumpuser.h"
+#include "../../CRumpUser/include/rumpuser_component.h"
 
 #ifdef __cplusplus
 extern "C" {

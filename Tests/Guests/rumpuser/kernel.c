@@ -11,7 +11,11 @@
  * goes through HC(), which checks afterwards: a CPU is held, releases match
  * retakes, the big-lock count survived, curlwp is unchanged, and NEVER calls
  * did not release while ALWAYS calls did.  The upcalls check the cv
- * interlock and its owner (NetBSD's reacquire order).
+ * interlock and its owner (NetBSD's reacquire order), that hyp_schedule
+ * comes from a thread without a CPU and the lwp upcalls from one with, and
+ * model the kernel's lwps (temporary ones for threads without, released
+ * ones dropped at unschedule); the component suite drives them through
+ * rumpuser_component_* from threads the kernel did not set up.
  *
  * Output: one "ok <suite>" line per suite, "FAIL ..." lines, and a summary
  * "rumpuser conformance: N checks, F failures".  main returns 1 on failure.
@@ -43,6 +47,9 @@
 
 struct lwp {
 	int id;
+	int temporary;	/* bound by hyp_schedule to a thread without an lwp */
+	int released;	/* hyp_lwproc_release: dropped at hyp_unschedule */
+	int alive;	/* in the kernel's lwp pool */
 };
 
 /* ---- checks ---------------------------------------------------------- */
@@ -203,13 +210,132 @@ hyp_backend_schedule(int nlocks, void *interlock)
 	self.biglocks = nlocks;
 }
 
-static void hyp_schedule(void) { take_cpu(); }
-static void hyp_unschedule(void) { give_cpu(); }
-static void hyp_lwproc_switch(struct lwp *l) { (void)l; }
-static void hyp_lwproc_release(void) {}
+/*
+ * lwps the kernel makes itself (hyp_lwproc_newlwp, and the temporary ones
+ * hyp_schedule binds to a thread that has none), as NetBSD's rump kernel:
+ * a temporary lwp is dropped by hyp_unschedule, a released one too, and
+ * switching away from a temporary lwp drops it.  Every lwp upcall needs a
+ * CPU; hyp_schedule needs a thread without one, hyp_unschedule one with.
+ */
+#define NLWP 32
+static struct lwp lwp_pool[NLWP];
+static int lwps_alive, lwps_made;
+
+static struct lwp *
+make_lwp(int temporary)
+{
+	struct lwp *l = NULL;
+	rumpuser_mutex_enter_nowrap(sched_mtx);
+	for (int i = 0; i < NLWP; i++) {
+		if (!lwp_pool[i].alive) {
+			l = &lwp_pool[i];
+			l->id = 1000 + i;
+			l->temporary = temporary;
+			l->released = 0;
+			l->alive = 1;
+			lwps_alive++;
+			lwps_made++;
+			break;
+		}
+	}
+	rumpuser_mutex_exit(sched_mtx);
+	CHECK(l != NULL, "kernel lwp pool exhausted");
+	return l;
+}
+
+/* Unbinds the thread's lwp; a temporary or released one ceases to be. */
+static void
+unbind_lwp(struct lwp *l)
+{
+	rumpuser_curlwpop(RUMPUSER_LWP_CLEAR, l);
+	if (l >= lwp_pool && l < lwp_pool + NLWP && (l->temporary || l->released)) {
+		rumpuser_curlwpop(RUMPUSER_LWP_DESTROY, l);
+		rumpuser_mutex_enter_nowrap(sched_mtx);
+		l->alive = 0;
+		lwps_alive--;
+		rumpuser_mutex_exit(sched_mtx);
+	}
+}
+
+static void
+bind_lwp(struct lwp *l)
+{
+	rumpuser_curlwpop(RUMPUSER_LWP_CREATE, l);
+	rumpuser_curlwpop(RUMPUSER_LWP_SET, l);
+}
+
+static void
+hyp_schedule(void)
+{
+	CHECK(self.cpu == 0, "hyp_schedule by a thread holding a CPU");
+	if (self.cpu != 0)
+		return;
+	take_cpu();
+	if (rumpuser_curlwp() == NULL) {
+		struct lwp *l = make_lwp(1);
+		if (l != NULL)
+			bind_lwp(l);
+	}
+}
+
+static void
+hyp_unschedule(void)
+{
+	CHECK(self.cpu != 0, "hyp_unschedule by a thread without a CPU");
+	if (self.cpu == 0)
+		return;
+	struct lwp *l = rumpuser_curlwp();
+	if (l != NULL && (l->temporary || l->released))
+		unbind_lwp(l);
+	give_cpu();
+}
+
+static void
+hyp_lwproc_switch(struct lwp *l)
+{
+	CHECK(self.cpu != 0, "hyp_lwproc_switch without a CPU");
+	struct lwp *old = rumpuser_curlwp();
+	if (old != NULL)
+		unbind_lwp(old);
+	if (l != NULL)
+		rumpuser_curlwpop(RUMPUSER_LWP_SET, l);
+}
+
+static void
+hyp_lwproc_release(void)
+{
+	CHECK(self.cpu != 0, "hyp_lwproc_release without a CPU");
+	struct lwp *l = rumpuser_curlwp();
+	CHECK(l != NULL && !l->temporary, "hyp_lwproc_release of no lwp of the thread's own");
+	if (l != NULL)
+		l->released = 1;
+}
+
 static int hyp_lwproc_rfork(void *p, int f, const char *n) { (void)p; (void)f; (void)n; return 0; }
-static int hyp_lwproc_newlwp(pid_t p) { (void)p; return 0; }
-static struct lwp *hyp_lwproc_curlwp(void) { return rumpuser_curlwp(); }
+
+/* A new lwp of the thread's own, replacing (and dropping, if temporary)
+ * the one it had. */
+static int
+hyp_lwproc_newlwp(pid_t p)
+{
+	(void)p;
+	CHECK(self.cpu != 0, "hyp_lwproc_newlwp without a CPU");
+	struct lwp *l = make_lwp(0);
+	if (l == NULL)
+		return 12;
+	struct lwp *old = rumpuser_curlwp();
+	if (old != NULL)
+		unbind_lwp(old);
+	bind_lwp(l);
+	return 0;
+}
+
+static struct lwp *
+hyp_lwproc_curlwp(void)
+{
+	CHECK(self.cpu != 0, "hyp_lwproc_curlwp without a CPU");
+	return rumpuser_curlwp();
+}
 static int hyp_syscall(int n, void *a, long *r) { (void)n; (void)a; (void)r; return 0; }
 static void hyp_lwpexit(void) {}
 static void hyp_execnotify(const char *n) { (void)n; }
@@ -329,6 +455,7 @@ spawn(void (*body)(void *), void *arg, const char *name, int joinable, int exit_
 	k->body = body;
 	k->arg = arg;
 	k->lwp.id = next_lwp_id++;
+	k->lwp.temporary = k->lwp.released = k->lwp.alive = 0;
 	k->exit_early = exit_early;
 	HC(NEVER, rv = rumpuser_thread_create(kthread_main, k, name, joinable, -1, -1, joinable ? &cookie : NULL));
 	CHECK(rv == 0, "thread_create: %d", rv);
@@ -471,6 +598,7 @@ struct biowait {
 	struct self *submitter;
 	int cpu_held;
 	int same_thread;
+	int with_own_lwp;
 };
 
 static void
@@ -478,12 +606,15 @@ biowait_done(void *arg, size_t done, int error)
 {
 	struct biowait *w = arg;
 	int cpu_held = self.cpu != 0, same_thread = w->submitter == &self;
+	struct lwp *l = rumpuser_curlwp();
+	int with_own_lwp = l != NULL && !l->temporary;
 	rumpuser_mutex_enter(bio_mtx);
 	w->calls++;
 	w->done = done;
 	w->error = error;
 	w->cpu_held = cpu_held;
 	w->same_thread = same_thread;
+	w->with_own_lwp = with_own_lwp;
 	rumpuser_cv_broadcast(bio_cv);
 	rumpuser_mutex_exit(bio_mtx);
 }
@@ -498,8 +629,9 @@ bio_and_wait(int fd, int op, void *data, size_t len, int64_t off, struct biowait
 	while (w->calls == 0)
 		HC(ALWAYS, rumpuser_cv_wait(bio_cv, bio_mtx));
 	HC(NEVER, rumpuser_mutex_exit(bio_mtx));
-	CHECK(w->calls == 1 && w->cpu_held && !w->same_thread,
-	    "biodone: %d calls, with a CPU %d, on the submitting thread %d", w->calls, w->cpu_held, w->same_thread);
+	CHECK(w->calls == 1 && w->cpu_held && !w->same_thread && w->with_own_lwp,
+	    "biodone: %d calls, with a CPU %d, on the submitting thread %d, on the worker's own lwp %d",
+	    w->calls, w->cpu_held, w->same_thread, w->with_own_lwp);
 }
 
 static void
@@ -631,6 +763,177 @@ suite_threads(void)
 	CHECK(counter == 100, "storm: %d of 100 threads counted", counter);
 	rumpuser_cv_destroy(count_cv);
 	drop_mutex(count_mtx);
+}
+
+/*
+ * Components (rumpuser_component_*): the host half of a driver runs on
+ * threads the kernel did not create.  Such a thread starts with no CPU and
+ * no lwp; it gets an lwp of its own (component_kthread), enters the kernel
+ * with component_schedule(NULL), calls into it (a KMUTEX that records the
+ * thread's lwp as owner, a sleeping hypercall checked by HC), leaves with
+ * component_unschedule, and in between gives the CPU up and takes it back
+ * with the big-lock count in the cookie.  The upcalls above check that
+ * hyp_schedule and hyp_backend_schedule come from threads without a CPU,
+ * the others from threads holding one, and model NetBSD's lwps.
+ */
+
+#define COMPONENT_THREADS 2
+#define COMPONENT_ROUNDS 40
+
+static struct rumpuser_mtx *comp_mtx;
+static long comp_counter;
+static struct lwp comp_other[COMPONENT_THREADS];
+
+struct comp_result {
+	int index;
+	int entered;		/* rounds that found CPU, lwp and big locks right */
+	int cookies_ok;		/* unschedule cookies that carried the count */
+	int own_lwp_ok;		/* checks of the thread's own lwp that held */
+	int intr_ok;		/* interrupt-context checks that held */
+	int released_ok;	/* kthread_release dropped the lwp */
+};
+static struct comp_result comp_results[COMPONENT_THREADS];
+
+static void *
+component_main(void *arg)
+{
+	struct comp_result *r = arg;
+	CHECK(self.cpu == 0 && rumpuser_curlwp() == NULL, "a component thread starts with a CPU or an lwp");
+
+	rumpuser_component_kthread();
+	struct lwp *own = rumpuser_curlwp();
+	CHECK(self.cpu == 0, "component_kthread returned holding a CPU");
+	CHECK(own != NULL && !own->temporary && own->alive, "component_kthread gave the thread no lwp of its own");
+	if (own == NULL)
+		return NULL;
+	r->own_lwp_ok++;
+
+	for (int round = 0; round < COMPONENT_ROUNDS; round++) {
+		rumpuser_component_schedule(NULL);
+		if (self.cpu != 0 && self.biglocks == 0 && rumpuser_curlwp() == own)
+			r->entered++;
+		/* In the kernel: a KMUTEX owned by the thread's lwp, and now and
+		 * then a hypercall that sleeps (HC checks the contract). */
+		HC(MAYBE, rumpuser_mutex_enter(comp_mtx));
+		struct lwp *owner = NULL;
+		rumpuser_mutex_owner(comp_mtx, &owner);
+		CHECK(owner == own, "component thread %d: KMUTEX owner %p, not its lwp %p", r->index, (void *)owner, (void *)own);
+		comp_counter++;
+		HC(NEVER, rumpuser_mutex_exit(comp_mtx));
+		if (round % 8 == 0)
+			sleep_ns(MS);
+
+		/* Blocking in the host in the middle of kernel work: the CPU goes,
+		 * the big-lock count travels in the cookie. */
+		self.biglocks = 2;
+		void *cookie = rumpuser_component_unschedule();
+		CHECK(self.cpu == 0, "component_unschedule kept the CPU");
+		if ((intptr_t)cookie == 2 && self.cpu == 0)
+			r->cookies_ok++;
+		rumpuser_component_schedule(cookie);
+		CHECK(self.cpu != 0 && self.biglocks == 2, "component_schedule(cookie): CPU %d, big locks %d", self.cpu, self.biglocks);
+
+		self.biglocks = 0;
+		(void)rumpuser_component_unschedule();
+		CHECK(self.cpu == 0, "component_unschedule kept the CPU");
+	}
+
+	/* Outside the kernel: curlwp and switchlwp take a CPU for the moment. */
+	struct lwp *seen = rumpuser_component_curlwp();
+	if (seen == own && self.cpu == 0)
+		r->own_lwp_ok++;
+	struct lwp *other = &comp_other[r->index];
+	rumpuser_component_switchlwp(other);
+	CHECK(rumpuser_curlwp() == other && self.cpu == 0, "component_switchlwp: curlwp %p, not %p", (void *)rumpuser_curlwp(), (void *)other);
+	rumpuser_component_switchlwp(own);
+	if (rumpuser_curlwp() == own && own->alive && self.cpu == 0)
+		r->own_lwp_ok++;
+
+	/* Interrupt context on a thread with its own lwp keeps that lwp. */
+	rumpuser_component_schedule_intr();
+	if (self.cpu != 0 && rumpuser_curlwp() == own)
+		r->intr_ok++;
+	rumpuser_component_unschedule_intr();
+	if (self.cpu == 0 && rumpuser_curlwp() == own)
+		r->intr_ok++;
+
+	rumpuser_component_kthread_release();
+	if (rumpuser_curlwp() == NULL && !own->alive && self.cpu == 0)
+		r->released_ok++;
+
+	/* Interrupt context on a bare thread: a temporary lwp, dropped after. */
+	rumpuser_component_schedule_intr();
+	struct lwp *temporary = rumpuser_curlwp();
+	if (self.cpu != 0 && temporary != NULL && temporary->temporary)
+		r->intr_ok++;
+	rumpuser_component_unschedule_intr();
+	if (self.cpu == 0 && rumpuser_curlwp() == NULL && temporary != NULL && !temporary->alive)
+		r->intr_ok++;
+	return NULL;
+}
+
+static void
+suite_component(void)
+{
+	int rv;
+	/* From kernel context: unschedule gives the CPU up with the big-lock
+	 * count (HC sets 3) in the cookie, schedule restores both. */
+	void *cookie = NULL;
+	HC(ALWAYS, (cookie = rumpuser_component_unschedule(), rumpuser_component_schedule(cookie)));
+	CHECK((intptr_t)cookie == 3, "component_unschedule cookie %p, not the 3 big locks", cookie);
+
+	HC(NEVER, rv = rumpuser_component_errtrans(0));
+	CHECK(rv == 0, "errtrans(0) = %d", rv);
+	HC(NEVER, rv = rumpuser_component_errtrans(E_NOENT));
+	CHECK(rv == E_NOENT, "errtrans(ENOENT) = %d", rv);
+	HC(NEVER, rv = rumpuser_component_errtrans(E_TIMEDOUT));
+	CHECK(rv == E_TIMEDOUT, "errtrans(ETIMEDOUT) = %d", rv);
+	HC(NEVER, rv = rumpuser_component_errtrans(98));
+	CHECK(rv == 98, "errtrans(98) = %d", rv);
+	HC(NEVER, rv = rumpuser_component_errtrans(1000));
+	CHECK(rv == E_INVAL, "errtrans(1000) = %d (want EINVAL)", rv);
+	HC(NEVER, rv = rumpuser_component_errtrans(-1));
+	CHECK(rv == E_INVAL, "errtrans(-1) = %d (want EINVAL)", rv);
+
+	/* Component threads: made with rumpuser_thread_create but without the
+	 * kernel's kthread setup, so they start bare, as a platform thread. */
+	comp_mtx = new_mutex(RUMPUSER_MTX_KMUTEX);
+	comp_counter = 0;
+	int alive0 = lwps_alive, made0 = lwps_made;
+	void *cookies[COMPONENT_THREADS];
+	for (int i = 0; i < COMPONENT_THREADS; i++) {
+		comp_results[i] = (struct comp_result){ .index = i };
+		comp_other[i] = (struct lwp){ .id = 500 + i };
+		HC(NEVER, rv = rumpuser_thread_create(component_main, &comp_results[i], "component", 1, -1, -1, &cookies[i]));
+		CHECK(rv == 0, "thread_create of a component thread: %d", rv);
+	}
+	/* The main thread works in the kernel meanwhile. */
+	for (int i = 0; i < 20; i++) {
+		HC(MAYBE, rumpuser_mutex_enter(comp_mtx));
+		comp_counter++;
+		HC(NEVER, rumpuser_mutex_exit(comp_mtx));
+		sleep_ns(MS);
+	}
+	for (int i = 0; i < COMPONENT_THREADS; i++)
+		join(cookies[i]);
+	for (int i = 0; i < COMPONENT_THREADS; i++) {
+		struct comp_result *r = &comp_results[i];
+		CHECK(r->entered == COMPONENT_ROUNDS, "thread %d: component_schedule(NULL) right in %d of %d rounds", i, r->entered, COMPONENT_ROUNDS);
+		CHECK(r->cookies_ok == COMPONENT_ROUNDS, "thread %d: %d of %d cookies carried the big-lock count", i, r->cookies_ok, COMPONENT_ROUNDS);
+		CHECK(r->own_lwp_ok == 3, "thread %d: %d of 3 own-lwp checks (kthread, curlwp, switchlwp back)", i, r->own_lwp_ok);
+		CHECK(r->intr_ok == 4, "thread %d: %d of 4 schedule_intr checks", i, r->intr_ok);
+		CHECK(r->released_ok == 1, "thread %d: kthread_release did not drop the lwp", i);
+	}
+	long want = 20 + COMPONENT_THREADS * COMPONENT_ROUNDS;
+	CHECK(comp_counter == want, "kernel counter %ld, want %ld", comp_counter, want);
+	/* Each thread: its own lwp and one temporary (plus the temporary that
+	 * component_kthread's hyp_schedule binds before newlwp replaces it). */
+	CHECK(lwps_made - made0 == 3 * COMPONENT_THREADS, "kernel made %d lwps for %d component threads, want %d",
+	    lwps_made - made0, COMPONENT_THREADS, 3 * COMPONENT_THREADS);
+	CHECK(lwps_alive == alive0, "%d kernel lwps left behind by component threads", lwps_alive - alive0);
+	drop_mutex(comp_mtx);
+	rumpuser_dprintf("component: %d threads x %d rounds, counter %ld, %d kernel lwps made and dropped\n",
+	    COMPONENT_THREADS, COMPONENT_ROUNDS, comp_counter, lwps_made - made0);
 }
 
 /* Mutexes. */
@@ -1286,6 +1589,7 @@ struct intr_state {
 	volatile int unclaimed;
 	volatile int without_cpu;	/* calls made without a rump CPU held */
 	volatile int on_main;	/* calls made on the main thread */
+	volatile int without_own_lwp;	/* calls on no lwp, or a temporary one */
 };
 
 static int
@@ -1296,6 +1600,8 @@ e1000_intr(void *arg)
 		st->without_cpu++;
 	if (rumpuser_curlwp() == &main_lwp)
 		st->on_main++;
+	if (rumpuser_curlwp() == NULL || rumpuser_curlwp()->temporary)
+		st->without_own_lwp++;
 	uint32_t cause = st->regs[E1000_ICR / 4];
 	if (!(cause & E1000_LSC)) {
 		st->unclaimed++;
@@ -1361,6 +1667,7 @@ suite_pci_irq(void)
 	    st.claimed + st.unclaimed - before);
 	CHECK(st.without_cpu == 0, "%d handler calls without a rump CPU", st.without_cpu);
 	CHECK(st.on_main == 0, "%d handler calls on the main thread", st.on_main);
+	CHECK(st.without_own_lwp == 0, "%d handler calls not on the interrupt thread's own lwp", st.without_own_lwp);
 	st.regs[E1000_IMC / 4] = 0xFFFFFFFFu;
 	rumpuser_dprintf("pci: %d interrupts handled on the interrupt thread, %d unclaimed calls\n",
 	    st.claimed, st.unclaimed);
@@ -1408,6 +1715,7 @@ main(int argc, char **argv)
 	run("params", suite_params);
 	run("misc", suite_misc);
 	run("threads", suite_threads);
+	run("component", suite_component);
 	run("mutex", suite_mutex);
 	run("rwlock", suite_rwlock);
 	run("cv", suite_cv);
