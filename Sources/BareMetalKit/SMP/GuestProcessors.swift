@@ -277,11 +277,18 @@ extension Processors {
     /// AP. A machine without ACPI or without a MADT runs on the boot
     /// processor alone (said on the console).
     static func startAll() {
-        guard let apic = localAPIC, let madt = Platform.firmware.madt else {
+        // CPUs from the ACPI MADT, else from the MP table (firmware without
+        // ACPI, such as qboot on microvm with acpi=off).
+        let firmware = Platform.firmware
+        let plan: ProcessorStartupPlan
+        if let apic = localAPIC, let madt = firmware.madt {
+            plan = ProcessorStartupPlan(processors: madt.processors, bootAPICID: apic.id, limit: limit, x2APIC: apic.isX2APIC)
+        } else if let apic = localAPIC, let multiprocessor = firmware.multiprocessor {
+            plan = ProcessorStartupPlan(multiprocessor: multiprocessor, bootAPICID: apic.id, limit: limit)
+        } else {
             setUpBootProcessor(apicID: localAPIC?.id ?? 0)
             return
         }
-        let plan = ProcessorStartupPlan(processors: madt.processors, bootAPICID: apic.id, limit: limit, x2APIC: apic.isX2APIC)
         // The start-up delays need the TSC rate (the clock calibrates once).
         SystemClock.start()
         do throws(ProcessorStartupError) {

@@ -66,6 +66,18 @@ public struct ProcessorStartupPlan: Equatable, Sendable {
         }
     }
 
+    /// The plan from the Intel MP table's processor entries (MP spec 1.4
+    /// §4.3.1), for firmware without an ACPI MADT: an entry's EN flag is its
+    /// enabled bit, and the APIC ID stands in for the ACPI processor UID.
+    public init(multiprocessor: MPConfiguration, bootAPICID: UInt32, limit: Int) {
+        let processors = multiprocessor.processors.map {
+            MADTProcessor(
+                processorUID: UInt32($0.localAPICID), apicID: UInt32($0.localAPICID), isEnabled: $0.isEnabled,
+                isOnlineCapable: false, isX2APIC: false)
+        }
+        self.init(processors: processors, bootAPICID: bootAPICID, limit: limit)
+    }
+
     public static func == (lhs: ProcessorStartupPlan, rhs: ProcessorStartupPlan) -> Bool {
         lhs.bootProcessor == rhs.bootProcessor && lhs.applicationProcessors == rhs.applicationProcessors
             && lhs.skipped.count == rhs.skipped.count
