@@ -149,6 +149,10 @@ public final class NetworkStack<Interface: NetworkInterface> {
     var identification: UInt16
     /// Depth of nested `batchingTransmissions` calls.
     var transmitBatchDepth = 0
+    /// Frames taken from an interface in `poll`, back to back, and where
+    /// each ends (reused from poll to poll).
+    var receivedBytes: [UInt8] = []
+    var receivedFrameEnds: [Int] = []
     var icmpTokens: Int
     var icmpRefill: UInt64 = 0
     var echoReplies: [EchoReply] = []
@@ -242,15 +246,27 @@ public final class NetworkStack<Interface: NetworkInterface> {
     func pollInBatch(now: UInt64, receiveLimit: Int) {
         self.now = Swift.max(self.now, now)
         for index in interfaces.indices {
-            var frames: [[UInt8]] = []
+            // The frames are copied out of the driver's buffers (processing
+            // them may send, which the driver cannot do inside `receive`)
+            // into one reused buffer, not an array per frame.
+            receivedBytes.removeAll(keepingCapacity: true)
+            receivedFrameEnds.removeAll(keepingCapacity: true)
             do {
-                _ = try interfaces[index].device.receive(limit: receiveLimit) { frames.append(Array($0)) }
+                _ = try interfaces[index].device.receive(limit: receiveLimit) { frame in
+                    receivedBytes.append(contentsOf: frame)
+                    receivedFrameEnds.append(receivedBytes.count)
+                }
             } catch {
                 statistics.framesDropped += 1
             }
             // Receiving let the driver reclaim transmit slots.
             flushTransmitBacklog(interface: index)
-            for frame in frames { input(frame: frame[...], interface: index) }
+            let bytes = receivedBytes
+            var start = 0
+            for end in receivedFrameEnds {
+                input(frame: bytes[start..<end], interface: index)
+                start = end
+            }
         }
         runTimers()
         if !dhcpClients.isEmpty { serviceDHCP() }
