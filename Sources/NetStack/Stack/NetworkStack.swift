@@ -153,6 +153,9 @@ public final class NetworkStack<Interface: NetworkInterface> {
     /// each ends (reused from poll to poll).
     var receivedBytes: [UInt8] = []
     var receivedFrameEnds: [Int] = []
+    /// The buffer the last TCP segment's frame was built in, once the
+    /// driver copied it (reused by `sendSegment`).
+    var segmentFrameBuffer: [UInt8] = []
     var icmpTokens: Int
     var icmpRefill: UInt64 = 0
     var echoReplies: [EchoReply] = []
@@ -391,19 +394,25 @@ public final class NetworkStack<Interface: NetworkInterface> {
     /// full, frames wait in a bounded backlog (in order) instead of being
     /// lost: dropping a burst of TCP segments would cost retransmission
     /// timeouts. `poll` and later transmits retry the backlog first.
-    func transmit(_ frame: [UInt8], interface index: Int) {
+    /// Returns the frame's buffer when the driver copied it (sent or
+    /// failed), so the caller can build the next frame in it.
+    @discardableResult
+    func transmit(_ frame: consuming [UInt8], interface index: Int) -> [UInt8]? {
         if interfaces[index].transmitBacklogStart < interfaces[index].transmitBacklog.count {
             flushTransmitBacklog(interface: index)
         }
         if interfaces[index].transmitBacklogStart < interfaces[index].transmitBacklog.count {
             holdForTransmission(frame, interface: index)
-            return
+            return nil
         }
         switch send(frame, interface: index) {
         case .sent: statistics.framesSent += 1
-        case .queueFull: holdForTransmission(frame, interface: index)
+        case .queueFull:
+            holdForTransmission(frame, interface: index)
+            return nil
         case .failed: statistics.transmitErrors += 1
         }
+        return frame
     }
 
     enum TransmitOutcome { case sent, queueFull, failed }
@@ -592,34 +601,39 @@ public final class NetworkStack<Interface: NetworkInterface> {
         header.identification = identification
         header.dontFragment = true
         header.totalLength = UInt16(length)
+        // Built in the buffer of the last segment the driver copied (taken
+        // out of the property, so it is uniquely referenced while written).
         var frame: [UInt8] = []
+        swap(&frame, &segmentFrameBuffer)
+        frame.removeAll(keepingCapacity: true)
         frame.reserveCapacity(EthernetHeader.length + length)
         EthernetHeader(destination: .broadcast, source: interfaces[route.interface].hardwareAddress, etherType: .ipv4).write(to: &frame)
         header.write(to: &frame)
         segment.write(payload: payload, source: source, destination: destination, to: &frame)
-        deliver(frame, nextHop: route.nextHop, interface: route.interface)
+        if let spare = deliver(frame, nextHop: route.nextHop, interface: route.interface) { segmentFrameBuffer = spare }
         return true
     }
 
     /// Addresses an Ethernet frame holding an IPv4 packet to `nextHop` and
-    /// sends it, or queues it behind ARP resolution.
-    func deliver(_ frame: consuming [UInt8], nextHop: IPv4Address, interface index: Int) {
+    /// sends it, or queues it behind ARP resolution. Returns the buffer when
+    /// the driver copied the frame (see `transmit`).
+    @discardableResult
+    func deliver(_ frame: consuming [UInt8], nextHop: IPv4Address, interface index: Int) -> [UInt8]? {
         statistics.ipPacketsSent += 1
         let configuration = interfaces[index].configuration
         if nextHop == .broadcast || nextHop == configuration?.broadcast {
-            transmit(frame, interface: index)
-            return
+            return transmit(frame, interface: index)
         }
         if let hardware = interfaces[index].arp.lookup(nextHop, now: now) {
             frame.set(mac: hardware, at: 0)
-            transmit(frame, interface: index)
-            return
+            return transmit(frame, interface: index)
         }
         switch interfaces[index].arp.enqueue(frame, for: nextHop, now: now) {
         case .sendRequest: sendARPRequest(for: nextHop, interface: index)
         case .queued: break
         case .dropped: statistics.framesDropped += 1
         }
+        return nil
     }
 
     // MARK: ICMP
