@@ -1,0 +1,148 @@
+// XenGuest: the guest-world glue of the Xen boot paths. The hw boot's
+// hooks (CPUPrimitives XenHooks.h: attach, console byte, exit) for a PVH
+// domain, and xen_pv_main, which xen_boot.S's PV entry calls. Guest world
+// only; not run from this repository's tests (no Xen host: Docs/xen.md).
+#if hasFeature(Embedded)
+import BareMetalKit
+import CXen
+
+/// CPUID and WRMSR, executed.
+struct HardwareXenCPU: XenCPUAccess {
+    mutating func cpuid(_ leaf: UInt32) -> (UInt32, UInt32, UInt32, UInt32) {
+        var eax: UInt32 = 0, ebx: UInt32 = 0, ecx: UInt32 = 0, edx: UInt32 = 0
+        cxen_cpuid(leaf, &eax, &ebx, &ecx, &edx)
+        return (eax, ebx, ecx, edx)
+    }
+    mutating func writeMSR(_ msr: UInt32, _ value: UInt64) { cxen_wrmsr(msr, value) }
+}
+
+/// State of the running Xen guest (one CPU at start of day).
+enum XenGuest {
+    /// BareMetalKit's vectors: 0x20 and up for devices, 0xF2 for TLB
+    /// shootdowns; 0xF3 is left free for Xen's event upcall.
+    static var upcallVector: UInt8 { 0xF3 }
+    nonisolated(unsafe) static var console: ConsoleRing<PollingHypercalls<HypercallPage>>? = nil
+    nonisolated(unsafe) static var pending = LineBuffer()
+    nonisolated(unsafe) static var session: XenHVMSession? = nil
+
+    static func write(_ bytes: UnsafeRawBufferPointer) {
+        if console != nil {
+            do throws(ConsoleError) { try console!.write(bytes) } catch { console = nil }
+        } else {
+            // Before the ring (or after it failed): Xen's own console.
+            var hypervisor = HypercallPage()
+            _ = try? hypervisor.consoleWrite(bytes)
+        }
+    }
+
+    static func write(_ text: StaticString) {
+        write(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
+    }
+
+    static func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { write($0) } }
+
+    static func shutdown(_ outcome: XenExit) -> Never {
+        pending.flush { write($0) }
+        var hypervisor = HypercallPage()
+        try? outcome.shutdown(hypervisor: &hypervisor, console: { write($0) })
+        // Xen refused: nothing else can end the domain.
+        write("rumprun: SCHEDOP_shutdown refused\n")
+        while true { hypervisor.block() }
+    }
+}
+
+@_cdecl("bmk_xen_attach")
+public func xenAttach(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Int32 {
+    // Only the PVH entry (protocol 2) can be a Xen domain.
+    guard protocolNumber == 2 else { return 0 }
+    var cpu = HardwareXenCPU()
+    var hypervisor = HypercallPage()
+    let sharedInfo = UInt64(cxen_shared_info_page_address())
+    let session: XenHVMSession
+    do throws(XenBootError) {
+        guard let started = try XenHVMBoot.start(
+            cpu: &cpu, hypervisor: &hypervisor, hypercallPageAddress: UInt64(cxen_hypercall_page_address()),
+            sharedInfoPage: UnsafeMutableRawPointer(bitPattern: UInt(sharedInfo))!, sharedInfoFrame: sharedInfo >> 12,
+            upcallVector: XenGuest.upcallVector)
+        else { return 0 }
+        session = started
+    } catch {
+        // The hypercall page may be live; Xen's console is the only outlet.
+        XenGuest.write("rumprun: Xen PVH start of day failed\n")
+        return 0
+    }
+    XenGuest.session = session
+    // PVH: guest frames are physical addresses, identity-mapped at boot.
+    let ring = UnsafeMutableRawPointer(bitPattern: UInt(session.channels.consoleFrame << 12))!
+    XenGuest.console = ConsoleRing(
+        interface: ring, port: session.channels.consolePort, hypervisor: PollingHypercalls(HypercallPage()),
+        maximumWaits: 100_000)
+    XenGuest.write("rumprun: Xen PVH domain (Xen ")
+    XenGuest.write(XenExit.decimal(Int32(session.cpuid.majorVersion)))
+    XenGuest.write(".")
+    XenGuest.write(XenExit.decimal(Int32(session.cpuid.minorVersion)))
+    XenGuest.write("): console ring, shared info, upcall vector set\n")
+    return 1
+}
+
+@_cdecl("bmk_xen_console_putc")
+public func xenConsolePut(_ byte: UInt8) {
+    guard XenGuest.console != nil else { return }
+    XenGuest.pending.append(byte) { XenGuest.write($0) }
+}
+
+@_cdecl("bmk_xen_exit")
+public func xenExit(_ portValue: UInt8) {
+    guard XenGuest.session != nil else { return }
+    XenGuest.shutdown(XenExit(portValue: portValue))
+}
+
+/// The 64-bit PV entry's Swift half: start_info checked, Xen's pages
+/// mapped, the console ring up, the configuration found. The hw runtime
+/// (its page tables, descriptor tables, interrupts) cannot run under PV, so
+/// the application is not started: Docs/xen.md lists what PV still needs.
+@_cdecl("xen_pv_main")
+public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
+    var hypervisor = HypercallPage()
+    let session: XenPVSession
+    do throws(XenBootError) {
+        session = try XenPVBoot.start(
+            startInfo: startInfo.assumingMemoryBound(to: start_info.self), hypervisor: &hypervisor,
+            sharedInfoPage: UInt64(cxen_shared_info_page_address()),
+            consolePage: UInt64(cxen_pv_console_page_address()), storePage: UInt64(cxen_pv_store_page_address()))
+    } catch {
+        XenGuest.write("rumprun: Xen PV start_info rejected\n")
+        XenGuest.shutdown(.panicked)
+    }
+    XenGuest.console = ConsoleRing(
+        interface: UnsafeMutableRawPointer(bitPattern: UInt(session.console))!, port: session.startInfo.channels.consolePort,
+        hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
+    XenGuest.session = XenHVMSession(
+        cpuid: XenCPUID(baseLeaf: 0, maximumLeaf: 0, majorVersion: 0, minorVersion: 0, hypercallPages: 1, hypercallMSR: 0),
+        channels: session.startInfo.channels, sharedInfoFrame: 0, upcall: .perVCPUVector(vector: 0))
+    XenGuest.write("rumprun: Xen PV domain, ")
+    XenGuest.write(XenExit.decimal(Int32(truncatingIfNeeded: session.startInfo.pageCount)))
+    XenGuest.write(" pages\n")
+    var store = XenStore(
+        interface: UnsafeMutableRawPointer(bitPattern: UInt(session.store))!, port: session.startInfo.channels.storePort,
+        hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
+    let text: [UInt8]
+    do throws(XenStoreError) {
+        text = try XenGuestConfiguration.text(commandLine: session.startInfo.commandLine, store: &store)
+    } catch {
+        XenGuest.write("rumprun: reading the configuration from xenstore failed\n")
+        XenGuest.shutdown(.panicked)
+    }
+    do throws(GuestConfiguration.Error) {
+        let configuration = try GuestConfiguration(commandLine: text)
+        XenGuest.write("rumprun: configuration with ")
+        XenGuest.write(XenExit.decimal(Int32(configuration.arguments.count)))
+        XenGuest.write(" argument(s)\n")
+    } catch {
+        XenGuest.write("rumprun: bad configuration\n")
+        XenGuest.shutdown(.panicked)
+    }
+    XenGuest.write("rumprun: the PV runtime (page tables through mmu_update, event callbacks) is not written; stopping\n")
+    XenGuest.shutdown(.panicked)
+}
+#endif
