@@ -1,0 +1,146 @@
+// Xen images: bake Examples/hello for xen_pv and read its Xen ELF notes
+// twice, with UnikernelBake's libelf reader and with binutils' `readelf -n`,
+// comparing every note's type and value with the libxen-dev header
+// constants (through CXen) and with the image's own symbols. No Xen host
+// runs here, so this is what can be checked of a Xen image (Docs/xen.md).
+import CXen
+import Foundation
+import Testing
+import UnikernelBake
+
+enum XenImages {
+    static func bake(keepSymbols: Bool) throws -> String {
+        let output = Integration.imageDirectory + "/hello-xen\(keepSymbols ? "-symbols" : "").img"
+        let baker = try Baker(sourceRoot: Integration.sourceRoot)
+        let result = try baker.bake(BakeRequest(
+            configuration: "xen_pv", output: output, inputs: [Integration.sourceRoot + "/Examples/hello"], keepSymbols: keepSymbols))
+        #expect(result.format == .pvh)
+        return output
+    }
+
+    static let withSymbols: Result<String, Error> = Result { try bake(keepSymbols: true) }
+    static let stripped: Result<String, Error> = Result { try bake(keepSymbols: false) }
+
+    /// `readelf -n` output for the Xen owner: (type, descriptor bytes) per
+    /// note, in file order. readelf does not know Xen's note names; it prints
+    /// unknown types as "Unknown note type: (0x...)" and a few numbers with
+    /// generic names (1 NT_VERSION, 2 NT_ARCH, 4 GO BUILDID), mapped back here.
+    static func readelfNotes(_ path: String) throws -> [(type: UInt32, descriptor: [UInt8])] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/readelf")
+        process.arguments = ["-n", "-W", path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        #expect(process.terminationStatus == 0)
+        let genericNames: [String: UInt32] = ["NT_VERSION (version)": 1, "NT_ARCH (architecture)": 2, "GO BUILDID": 4]
+        var notes: [(type: UInt32, descriptor: [UInt8])] = []
+        // With -W each note is one line: "Xen  0x00000008<TAB>Unknown note
+        // type: (0x00000005)<TAB>description data: 78 65 6e ...".
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            let fields = line.split(separator: "\t").map { $0.trimmingCharacters(in: .whitespaces) }
+            guard fields.count == 3, fields[0].hasPrefix("Xen ") else { continue }
+            let type: UInt32?
+            if fields[1].hasPrefix("Unknown note type"), let open = fields[1].range(of: "(0x") {
+                type = UInt32(fields[1][open.upperBound...].prefix { $0.isHexDigit }, radix: 16)
+            } else {
+                type = genericNames[fields[1]]
+            }
+            let size = Int(fields[0].split(separator: " ").last.map { $0.dropFirst(2) } ?? "", radix: 16)
+            let bytes = fields[2].dropFirst("description data:".count).split(separator: " ").compactMap { UInt8($0, radix: 16) }
+            #expect(type != nil && size == bytes.count, "unparsed readelf line: \(line)")
+            if let type { notes.append((type, bytes)) }
+        }
+        return notes
+    }
+
+    static func littleEndian(_ value: UInt64, count: Int = 8) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) } }
+    static func string(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
+}
+
+@Suite(.serialized) struct XenImageTests {
+    @Test func aBakedXenImageCarriesEveryNoteXenNeeds() throws {
+        let path = try XenImages.withSymbols.get()
+        let image = try ELFFile(path: path)
+        #expect(image.fileClass == .elf64 && image.machine == 62)
+        let notes = XenImageNotes(image)
+        #expect(notes.problems(in: image) == [])
+        let entry = try #require(image.symbol(named: "_start_xen_pv")?.value)
+        let hypercallPage = try #require(image.symbol(named: "cxen_hypercall_page")?.value)
+        let pvhEntry = try #require(image.symbol(named: "_start_pvh")?.value)
+        #expect(notes.entry == entry)
+        #expect(notes.hypercallPage == hypercallPage)
+        #expect(hypercallPage % 4096 == 0)
+        #expect(image.symbol(named: "cxen_hypercall_page")?.size == 4096)
+        #expect(notes.phys32Entry == pvhEntry)
+        #expect(notes.virtualBase == 0 && notes.physicalAddressOffset == 0)
+        #expect(notes.xenVersion == "xen-3.0" && notes.loader == "generic" && notes.guestOS == "swift-rumprun")
+        #expect(notes.features == "!writable_page_tables" && notes.paeMode == "yes")
+
+        // Each note by its header number, from the raw notes libelf read.
+        let expected: [(Int32, [UInt8])] = [
+            (XEN_ELFNOTE_PHYS32_ENTRY, XenImages.littleEndian(pvhEntry, count: 4)),
+            (XEN_ELFNOTE_GUEST_OS, XenImages.string("swift-rumprun")),
+            (XEN_ELFNOTE_GUEST_VERSION, XenImages.string("0.1")),
+            (XEN_ELFNOTE_XEN_VERSION, XenImages.string("xen-3.0")),
+            (XEN_ELFNOTE_LOADER, XenImages.string("generic")),
+            (XEN_ELFNOTE_VIRT_BASE, XenImages.littleEndian(0)),
+            (XEN_ELFNOTE_PADDR_OFFSET, XenImages.littleEndian(0)),
+            (XEN_ELFNOTE_ENTRY, XenImages.littleEndian(entry)),
+            (XEN_ELFNOTE_HYPERCALL_PAGE, XenImages.littleEndian(hypercallPage)),
+            (XEN_ELFNOTE_FEATURES, XenImages.string("!writable_page_tables")),
+            (XEN_ELFNOTE_PAE_MODE, XenImages.string("yes")),
+        ]
+        let raw = image.notes().filter { $0.owner == "Xen" }
+        #expect(raw.map(\.type) == expected.map { UInt32($0.0) })
+        #expect(raw.map(\.descriptor) == expected.map(\.1))
+
+        // The same notes as binutils reads them through the PT_NOTE segment.
+        let readelf = try XenImages.readelfNotes(path)
+        #expect(readelf.map(\.type) == expected.map { UInt32($0.0) })
+        #expect(readelf.map(\.descriptor) == expected.map(\.1))
+
+        // The entry is 64-bit code in the text segment; the hypercall page
+        // is filled with int3 until Xen writes the stubs.
+        let offset = try #require(image.fileOffset(ofAddress: hypercallPage))
+        #expect(image.bytes[Int(offset)..<Int(offset) + 4096].allSatisfy { $0 == 0xCC })
+        // The PV notes' types are what elfnote.h says (no hand numbers above).
+        #expect([XEN_ELFNOTE_ENTRY, XEN_ELFNOTE_HYPERCALL_PAGE, XEN_ELFNOTE_VIRT_BASE, XEN_ELFNOTE_PADDR_OFFSET,
+                 XEN_ELFNOTE_XEN_VERSION, XEN_ELFNOTE_GUEST_OS, XEN_ELFNOTE_LOADER, XEN_ELFNOTE_PHYS32_ENTRY] == [1, 2, 3, 4, 5, 6, 8, 18])
+    }
+
+    @Test func theDefaultStrippedImageKeepsTheNotesAndLinksTheXenPlatform() throws {
+        let symbols = try ELFFile(path: try XenImages.withSymbols.get())
+        let stripped = try ELFFile(path: try XenImages.stripped.get())
+        #expect(stripped.symbol(named: "_start_xen_pv") == nil, "bake strips by default")
+        let notes = XenImageNotes(stripped)
+        #expect(notes.problems(in: stripped) == [])
+        #expect(notes == XenImageNotes(symbols), "stripping moves nothing")
+        #expect(try XenImages.readelfNotes(stripped.path).count == 11)
+        // The image links XenPVKit's strong hooks, which replace
+        // CPUPrimitives' weak "not on Xen" ones.
+        for name in ["bmk_xen_attach", "bmk_xen_console_putc", "bmk_xen_exit", "xen_pv_main"] {
+            let symbol = try #require(symbols.symbol(named: name), "\(name) missing")
+            #expect(!symbol.isWeak && !symbol.isUndefined, "\(name)")
+        }
+    }
+
+    @Test func hwImagesStayFreeOfXen() throws {
+        let image = try ELFFile(path: try Integration.hello.get())
+        let notes = XenImageNotes(image)
+        #expect(notes.entry == nil && notes.hypercallPage == nil)
+        #expect(notes.phys32Entry != nil)
+    }
+
+    @Test func theCheckerNamesWhatAXenImageLacks() throws {
+        // A hw image is a valid PVH image but not a Xen PV one.
+        let image = try ELFFile(path: try Integration.hello.get())
+        let problems = XenImageNotes(image).problems(in: image)
+        #expect(problems.contains("no XEN_ELFNOTE_ENTRY note (PV entry)"))
+        #expect(problems.contains("no XEN_ELFNOTE_HYPERCALL_PAGE note"))
+        #expect(problems.contains("XEN_ELFNOTE_XEN_VERSION is missing, expected 'xen-3.0'"))
+        #expect(!problems.contains { $0.contains("PHYS32") })
+    }
+}
