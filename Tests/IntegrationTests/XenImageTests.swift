@@ -127,6 +127,25 @@ enum XenImages {
         }
     }
 
+    /// Off Xen, the Xen image is a hw image: the PVH entry's CPUID scan
+    /// (every 0x100 step from 0x40000000) finds no Xen leaves under QEMU
+    /// TCG, the hooks do nothing, and hello runs and exits as on hw.
+    @Test(arguments: ["microvm", "pc"])
+    func theXenImageBootsOnQEMUAsAHwImage(machine: String) throws {
+        let image = try XenImages.stripped.get()
+        let run = try Integration.run(["run", "qemu", "-i", "--timeout", "120", "--machine", machine, "-N", "box", image, "--", "5"])
+        #expect(run.stdout.split(separator: "\n").map(String.init) == [
+            "Hello from swift-rumprun!",
+            "argv[0] = box",
+            "argv[1] = 5",
+            "GREETING is not set",
+            "hostname = box",
+            "exiting with status 5",
+        ])
+        #expect(!run.stdout.contains("Xen"))
+        #expect(run.status == 5, "stderr: \(run.stderr)")
+    }
+
     @Test func hwImagesStayFreeOfXen() throws {
         let image = try ELFFile(path: try Integration.hello.get())
         let notes = XenImageNotes(image)
