@@ -91,6 +91,17 @@ public func xenConsolePut(_ byte: UInt8) {
     XenGuest.pending.append(byte) { XenGuest.write($0) }
 }
 
+@_cdecl("bmk_xen_tsc_scale")
+public func xenTSCScale(_ multiplier: UnsafeMutablePointer<UInt32>, _ shift: UnsafeMutablePointer<Int8>) -> Int32 {
+    guard let session = XenGuest.session, session.sharedInfoFrame != 0,
+        let sharedInfo = UnsafeRawPointer(bitPattern: UInt(session.sharedInfoFrame << 12)),
+        let record = XenTime.record(sharedInfo: sharedInfo), record.scale.multiplier != 0
+    else { return 0 }
+    multiplier.pointee = record.scale.multiplier
+    shift.pointee = record.scale.shift
+    return 1
+}
+
 @_cdecl("bmk_xen_exit")
 public func xenExit(_ portValue: UInt8) {
     guard XenGuest.session != nil else { return }

@@ -12,6 +12,9 @@
 int32_t bmk_xen_attach(uint32_t protocol, uint32_t info);
 /// One console byte, also sent to the Xen console ring once attached.
 void bmk_xen_console_putc(uint8_t byte);
+/// The TSC-to-nanoseconds scale of Xen's vcpu_time_info (pvclock form);
+/// nonzero when attached and Xen has published one.
+int32_t bmk_xen_tsc_scale(uint32_t *multiplier, int8_t *shift);
 /// The guest ends with debug-exit value `port_value` (GuestExit); on Xen
 /// this records the outcome and shuts the domain down.
 void bmk_xen_exit(uint8_t port_value);
