@@ -103,3 +103,8 @@ cxen_pv_console_page:   .skip 4096
 cxen_pv_store_page:     .skip 4096
 cxen_pv_stack:          .skip 65536
 cxen_pv_stack_top:
+/* A PVH domain's configuration from xenstore (XENSTORE_PAYLOAD_MAX bytes
+ * and a NUL), handed to the hw boot as its command line. */
+    .globl cxen_configuration_buffer
+cxen_configuration_buffer: .skip 4096 + 1
+    .size cxen_configuration_buffer, 4096 + 1

@@ -82,7 +82,39 @@ public func xenAttach(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Int32 
     XenGuest.write(".")
     XenGuest.write(XenExit.decimal(Int32(session.cpuid.minorVersion)))
     XenGuest.write("): console ring, shared info, upcall vector set\n")
+    provideConfiguration(startInfoAddress: UInt64(infoAddress), channels: session.channels)
     return 1
+}
+
+/// The launcher's JSON from xenstore onto the hw boot's command line
+/// (XenPVHConfiguration); boot goes on without it if the store fails.
+func provideConfiguration(startInfoAddress: UInt64, channels: XenBootChannels) {
+    guard let info = UnsafeMutablePointer<hvm_start_info>(bitPattern: UInt(startInfoAddress)),
+        info.pointee.magic == UInt32(XEN_HVM_START_MAGIC_VALUE)
+    else { return }
+    var current: [UInt8] = []
+    if let line = UnsafePointer<UInt8>(bitPattern: UInt(info.pointee.cmdline_paddr)) {
+        var index = 0
+        while index < Int(XENSTORE_PAYLOAD_MAX) && line[index] != 0 {
+            current.append(line[index])
+            index += 1
+        }
+    }
+    var store = XenStore(
+        interface: UnsafeMutableRawPointer(bitPattern: UInt(channels.storeFrame << 12))!, port: channels.storePort,
+        hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
+    let buffer = UnsafeMutableRawBufferPointer(
+        start: UnsafeMutableRawPointer(bitPattern: cxen_configuration_buffer_address()), count: cxen_configuration_buffer_size)
+    do throws(XenPVHConfigurationError) {
+        if try XenPVHConfiguration.provide(
+            startInfo: info, commandLine: current, buffer: buffer, bufferAddress: UInt64(cxen_configuration_buffer_address()),
+            store: &store)
+        {
+            XenGuest.write("rumprun: configuration from xenstore rumprun/cfg\n")
+        }
+    } catch {
+        XenGuest.write("rumprun: no configuration from xenstore (store error)\n")
+    }
 }
 
 @_cdecl("bmk_xen_console_putc")

@@ -75,3 +75,34 @@ public enum XenGuestConfiguration {
         }
     }
 }
+
+/// Why the PVH configuration could not be handed to the hw boot.
+public enum XenPVHConfigurationError: Error, Equatable, Sendable {
+    case store(XenStoreError)
+    /// The store's value does not fit the buffer (with its NUL).
+    case tooLong(length: Int, capacity: Int)
+}
+
+public enum XenPVHConfiguration {
+    /// A PVH domain started by `xl` gets no JSON on its command line (the
+    /// launcher writes it to xenstore), but the hw boot reads its
+    /// configuration from `hvm_start_info.cmdline_paddr`. When the store has
+    /// it, this copies it, NUL-terminated, into `buffer` (physical address
+    /// `bufferAddress`) and points `cmdline_paddr` there, so the hw boot
+    /// parses it as if the loader had passed it. Returns whether it did.
+    ///
+    /// `commandLine` is the current command line's text (empty for none).
+    public static func provide<H: Hypercalls>(
+        startInfo: UnsafeMutablePointer<hvm_start_info>, commandLine: [UInt8],
+        buffer: UnsafeMutableRawBufferPointer, bufferAddress: UInt64, store: inout XenStore<H>
+    ) throws(XenPVHConfigurationError) -> Bool {
+        let text: [UInt8]
+        do { text = try XenGuestConfiguration.text(commandLine: commandLine, store: &store) } catch { throw .store(error) }
+        guard text != commandLine else { return false }
+        guard text.count < buffer.count else { throw .tooLong(length: text.count, capacity: buffer.count) }
+        for (index, byte) in text.enumerated() { buffer[index] = byte }
+        buffer[text.count] = 0
+        startInfo.pointee.cmdline_paddr = bufferAddress
+        return true
+    }
+}

@@ -74,6 +74,8 @@ enum XenImages {
         #expect(notes.hypercallPage == hypercallPage)
         #expect(hypercallPage % 4096 == 0)
         #expect(image.symbol(named: "cxen_hypercall_page")?.size == 4096)
+        // xen_boot.S's buffer for a PVH domain's xenstore configuration.
+        #expect(image.symbol(named: "cxen_configuration_buffer")?.size == UInt64(XENSTORE_PAYLOAD_MAX) + 1)
         #expect(notes.phys32Entry == pvhEntry)
         #expect(notes.virtualBase == 0 && notes.physicalAddressOffset == 0)
         #expect(notes.xenVersion == "xen-3.0" && notes.loader == "generic" && notes.guestOS == "swift-rumprun")

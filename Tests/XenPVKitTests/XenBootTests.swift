@@ -363,6 +363,44 @@ func validStartInfo() -> start_info {
         #expect(throws: XenStoreError.self) { _ = try XenGuestConfiguration.text(commandLine: [], store: &silent) }
     }
 
+    @Test func aPVHDomainsStoreConfigurationBecomesItsCommandLine() throws {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        daemon.home = "/local/domain/9"
+        daemon.set("/local/domain/9/domid", "9")
+        daemon.set("/local/domain/9/rumprun/cfg", "{\"argv\":[\"web\"],\"hostname\":\"box\"}")
+        var store = daemon.client()
+        var info = hvm_start_info()
+        info.magic = UInt32(XEN_HVM_START_MAGIC_VALUE)
+        info.cmdline_paddr = 0
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: cxen_configuration_buffer_size, alignment: 1)
+        defer { buffer.deallocate() }
+        #expect(cxen_configuration_buffer_size == Int(XENSTORE_PAYLOAD_MAX) + 1)
+        let provided = try XenPVHConfiguration.provide(
+            startInfo: &info, commandLine: [], buffer: buffer, bufferAddress: 0x14_f000, store: &store)
+        #expect(provided)
+        #expect(info.cmdline_paddr == 0x14_f000)
+        let text = Array(buffer.prefix { $0 != 0 })
+        #expect(String(decoding: text, as: UTF8.self) == "{\"argv\":[\"web\"],\"hostname\":\"box\"}")
+        // What bmk_boot_main then parses.
+        let configuration = try GuestConfiguration(commandLine: text)
+        #expect(configuration.arguments == ["web"] && configuration.hostname == "box")
+
+        // A command line that already has JSON is left alone.
+        var other = hvm_start_info()
+        other.cmdline_paddr = 0x9000
+        #expect(try !XenPVHConfiguration.provide(
+            startInfo: &other, commandLine: Array("{}".utf8), buffer: buffer, bufferAddress: 0x14_f000, store: &store))
+        #expect(other.cmdline_paddr == 0x9000)
+        // A value longer than the buffer is refused, the start info unchanged.
+        let small = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
+        defer { small.deallocate() }
+        #expect(throws: XenPVHConfigurationError.tooLong(length: 33, capacity: 8)) {
+            _ = try XenPVHConfiguration.provide(startInfo: &other, commandLine: [], buffer: small, bufferAddress: 1, store: &store)
+        }
+        #expect(other.cmdline_paddr == 0x9000)
+    }
+
     @Test func startOfDayPollingTurnsBlockIntoYield() {
         let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
         var polling = PollingHypercalls(hypervisor)

@@ -125,6 +125,9 @@ static inline uint64_t cxen_rdtsc(void) {
 extern char cxen_shared_info_page[];
 extern char cxen_pv_console_page[];
 extern char cxen_pv_store_page[];
+extern char cxen_configuration_buffer[];
+static const size_t cxen_configuration_buffer_size = XENSTORE_PAYLOAD_MAX + 1;
+static inline uintptr_t cxen_configuration_buffer_address(void) { return (uintptr_t)cxen_configuration_buffer; }
 static inline uintptr_t cxen_hypercall_page_address(void) { return (uintptr_t)cxen_hypercall_page; }
 static inline uintptr_t cxen_shared_info_page_address(void) { return (uintptr_t)cxen_shared_info_page; }
 static inline uintptr_t cxen_pv_console_page_address(void) { return (uintptr_t)cxen_pv_console_page; }
