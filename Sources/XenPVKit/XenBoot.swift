@@ -202,28 +202,37 @@ public enum XenExit: Equatable, Sendable {
         }
     }
 
-    /// The console line that records the outcome ("rumprun: exit status N").
-    public var report: [UInt8] {
+    /// Writes the console line that records the outcome ("rumprun: exit
+    /// status N"), in pieces, allocating nothing.
+    public func writeReport(to console: (UnsafeRawBufferPointer) -> Void) {
+        func put(_ text: StaticString) { console(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount)) }
         switch self {
         case .exited(let status):
-            var line = Array("rumprun: exit status ".utf8)
-            line += XenExit.decimal(status)
-            line.append(0x0A)
-            return line
-        case .panicked: return Array("rumprun: shutting down after a panic (crash)\n".utf8)
-        case .exception: return Array("rumprun: shutting down after a CPU exception (crash)\n".utf8)
+            put("rumprun: exit status ")
+            XenExit.withDecimal(Int64(status), console)
+            put("\n")
+        case .panicked: put("rumprun: shutting down after a panic (crash)\n")
+        case .exception: put("rumprun: shutting down after a CPU exception (crash)\n")
         }
     }
 
-    static func decimal(_ value: Int32) -> [UInt8] {
-        var magnitude = value.magnitude
-        var digits: [UInt8] = []
-        repeat {
-            digits.append(0x30 + UInt8(magnitude % 10))
-            magnitude /= 10
-        } while magnitude > 0
-        if value < 0 { digits.append(0x2D) }
-        return digits.reversed()
+    /// Calls `body` with the decimal digits of `value`, from a stack buffer.
+    public static func withDecimal(_ value: Int64, _ body: (UnsafeRawBufferPointer) -> Void) {
+        var digits: (UInt64, UInt64, UInt64) = (0, 0, 0)
+        withUnsafeMutableBytes(of: &digits) { bytes in
+            var magnitude = value.magnitude
+            var start = bytes.count
+            repeat {
+                start -= 1
+                bytes[start] = 0x30 + UInt8(magnitude % 10)
+                magnitude /= 10
+            } while magnitude > 0
+            if value < 0 {
+                start -= 1
+                bytes[start] = 0x2D
+            }
+            body(UnsafeRawBufferPointer(rebasing: bytes[start...]))
+        }
     }
 
     /// Records the outcome on `console` (when there is one) and shuts the
@@ -231,9 +240,7 @@ public enum XenExit: Equatable, Sendable {
     public func shutdown<H: Hypercalls>(
         hypervisor: inout H, console: ((UnsafeRawBufferPointer) -> Void)?
     ) throws(HypercallError) {
-        if let console {
-            report.withUnsafeBytes { console($0) }
-        }
+        if let console { writeReport(to: console) }
         try hypervisor.shutdown(reason)
     }
 }

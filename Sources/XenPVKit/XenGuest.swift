@@ -1,7 +1,9 @@
 // XenGuest: the guest-world glue of the Xen boot paths. The hw boot's
-// hooks (CPUPrimitives XenHooks.h: attach, console byte, exit) for a PVH
-// domain, and xen_pv_main, which xen_boot.S's PV entry calls. Guest world
-// only; not run from this repository's tests (no Xen host: Docs/xen.md).
+// hooks (CPUPrimitives XenHooks.h: attach, console byte, TSC scale, exit)
+// for a PVH domain, and xen_pv_main, which xen_boot.S's PV entry calls.
+// Nothing here allocates: the PVH attach runs before the hw platform has a
+// heap, and a PV domain never gets one (see Docs/xen.md). Guest world only;
+// not run from this repository's tests (no Xen host).
 #if hasFeature(Embedded)
 import BareMetalKit
 import CXen
@@ -19,11 +21,13 @@ struct HardwareXenCPU: XenCPUAccess {
 /// State of the running Xen guest (one CPU at start of day).
 enum XenGuest {
     /// BareMetalKit's vectors: 0x20 and up for devices, 0xF2 for TLB
-    /// shootdowns; 0xF3 is left free for Xen's event upcall.
+    /// shootdowns; 0xF3 is left for Xen's event upcall.
     static var upcallVector: UInt8 { 0xF3 }
     nonisolated(unsafe) static var console: ConsoleRing<PollingHypercalls<HypercallPage>>? = nil
     nonisolated(unsafe) static var pending = LineBuffer()
-    nonisolated(unsafe) static var session: XenHVMSession? = nil
+    nonisolated(unsafe) static var attached = false
+    /// PVH: the guest frame of shared info (0 for PV, which maps it elsewhere).
+    nonisolated(unsafe) static var sharedInfoFrame: UInt64 = 0
 
     static func write(_ bytes: UnsafeRawBufferPointer) {
         if console != nil {
@@ -39,7 +43,9 @@ enum XenGuest {
         write(UnsafeRawBufferPointer(start: text.utf8Start, count: text.utf8CodeUnitCount))
     }
 
-    static func write(_ bytes: [UInt8]) { bytes.withUnsafeBytes { write($0) } }
+    static func write(decimal value: UInt64) {
+        XenExit.withDecimal(Int64(truncatingIfNeeded: value)) { write($0) }
+    }
 
     static func shutdown(_ outcome: XenExit) -> Never {
         pending.flush { write($0) }
@@ -71,16 +77,17 @@ public func xenAttach(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Int32 
         XenGuest.write("rumprun: Xen PVH start of day failed\n")
         return 0
     }
-    XenGuest.session = session
-    // PVH: guest frames are physical addresses, identity-mapped at boot.
-    let ring = UnsafeMutableRawPointer(bitPattern: UInt(session.channels.consoleFrame << 12))!
+    XenGuest.attached = true
+    XenGuest.sharedInfoFrame = session.sharedInfoFrame
+    // PVH: guest frames are physical addresses, identity-mapped at boot
+    // and later inside the hw platform's device window (3-4 GiB).
     XenGuest.console = ConsoleRing(
-        interface: ring, port: session.channels.consolePort, hypervisor: PollingHypercalls(HypercallPage()),
-        maximumWaits: 100_000)
+        interface: UnsafeMutableRawPointer(bitPattern: UInt(session.channels.consoleFrame << 12))!,
+        port: session.channels.consolePort, hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
     XenGuest.write("rumprun: Xen PVH domain (Xen ")
-    XenGuest.write(XenExit.decimal(Int32(session.cpuid.majorVersion)))
+    XenGuest.write(decimal: UInt64(session.cpuid.majorVersion))
     XenGuest.write(".")
-    XenGuest.write(XenExit.decimal(Int32(session.cpuid.minorVersion)))
+    XenGuest.write(decimal: UInt64(session.cpuid.minorVersion))
     XenGuest.write("): console ring, shared info, upcall vector set\n")
     provideConfiguration(startInfoAddress: UInt64(infoAddress), channels: session.channels)
     return 1
@@ -92,23 +99,20 @@ func provideConfiguration(startInfoAddress: UInt64, channels: XenBootChannels) {
     guard let info = UnsafeMutablePointer<hvm_start_info>(bitPattern: UInt(startInfoAddress)),
         info.pointee.magic == UInt32(XEN_HVM_START_MAGIC_VALUE)
     else { return }
-    var current: [UInt8] = []
-    if let line = UnsafePointer<UInt8>(bitPattern: UInt(info.pointee.cmdline_paddr)) {
-        var index = 0
-        while index < Int(XENSTORE_PAYLOAD_MAX) && line[index] != 0 {
-            current.append(line[index])
-            index += 1
-        }
+    var length = 0
+    let line = UnsafePointer<UInt8>(bitPattern: UInt(info.pointee.cmdline_paddr))
+    if let line {
+        while length < Int(XENSTORE_PAYLOAD_MAX) && line[length] != 0 { length += 1 }
     }
-    var store = XenStore(
+    var reader = XenStoreBootReader(
         interface: UnsafeMutableRawPointer(bitPattern: UInt(channels.storeFrame << 12))!, port: channels.storePort,
-        hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
+        hypervisor: PollingHypercalls(HypercallPage()))
     let buffer = UnsafeMutableRawBufferPointer(
         start: UnsafeMutableRawPointer(bitPattern: cxen_configuration_buffer_address()), count: cxen_configuration_buffer_size)
-    do throws(XenPVHConfigurationError) {
+    do throws(XenStoreBootReadError) {
         if try XenPVHConfiguration.provide(
-            startInfo: info, commandLine: current, buffer: buffer, bufferAddress: UInt64(cxen_configuration_buffer_address()),
-            store: &store)
+            startInfo: info, commandLine: UnsafeRawBufferPointer(start: line, count: length), buffer: buffer,
+            bufferAddress: UInt64(cxen_configuration_buffer_address()), reader: &reader)
         {
             XenGuest.write("rumprun: configuration from xenstore rumprun/cfg\n")
         }
@@ -125,8 +129,8 @@ public func xenConsolePut(_ byte: UInt8) {
 
 @_cdecl("bmk_xen_tsc_scale")
 public func xenTSCScale(_ multiplier: UnsafeMutablePointer<UInt32>, _ shift: UnsafeMutablePointer<Int8>) -> Int32 {
-    guard let session = XenGuest.session, session.sharedInfoFrame != 0,
-        let sharedInfo = UnsafeRawPointer(bitPattern: UInt(session.sharedInfoFrame << 12)),
+    guard XenGuest.attached, XenGuest.sharedInfoFrame != 0,
+        let sharedInfo = UnsafeRawPointer(bitPattern: UInt(XenGuest.sharedInfoFrame << 12)),
         let record = XenTime.record(sharedInfo: sharedInfo), record.scale.multiplier != 0
     else { return 0 }
     multiplier.pointee = record.scale.multiplier
@@ -136,56 +140,58 @@ public func xenTSCScale(_ multiplier: UnsafeMutablePointer<UInt32>, _ shift: Uns
 
 @_cdecl("bmk_xen_exit")
 public func xenExit(_ portValue: UInt8) {
-    guard XenGuest.session != nil else { return }
+    guard XenGuest.attached else { return }
     XenGuest.shutdown(XenExit(portValue: portValue))
 }
 
 /// The 64-bit PV entry's Swift half: start_info checked, Xen's pages
 /// mapped, the console ring up, the configuration found. The hw runtime
-/// (its page tables, descriptor tables, interrupts) cannot run under PV, so
-/// the application is not started: Docs/xen.md lists what PV still needs.
+/// (its page tables, descriptor tables, interrupts, heap lock) uses
+/// privileged instructions a PV kernel may not, so the application is not
+/// started: Docs/xen.md lists what PV still needs.
 @_cdecl("xen_pv_main")
 public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
     var hypervisor = HypercallPage()
+    let info = UnsafePointer(startInfo.assumingMemoryBound(to: start_info.self))
     let session: XenPVSession
     do throws(XenBootError) {
         session = try XenPVBoot.start(
-            startInfo: startInfo.assumingMemoryBound(to: start_info.self), hypervisor: &hypervisor,
-            sharedInfoPage: UInt64(cxen_shared_info_page_address()),
+            startInfo: info, hypervisor: &hypervisor, sharedInfoPage: UInt64(cxen_shared_info_page_address()),
             consolePage: UInt64(cxen_pv_console_page_address()), storePage: UInt64(cxen_pv_store_page_address()))
     } catch {
         XenGuest.write("rumprun: Xen PV start_info rejected\n")
         XenGuest.shutdown(.panicked)
     }
+    XenGuest.attached = true
     XenGuest.console = ConsoleRing(
         interface: UnsafeMutableRawPointer(bitPattern: UInt(session.console))!, port: session.startInfo.channels.consolePort,
         hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
-    XenGuest.session = XenHVMSession(
-        cpuid: XenCPUID(baseLeaf: 0, maximumLeaf: 0, majorVersion: 0, minorVersion: 0, hypercallPages: 1, hypercallMSR: 0),
-        channels: session.startInfo.channels, sharedInfoFrame: 0, upcall: .perVCPUVector(vector: 0))
     XenGuest.write("rumprun: Xen PV domain, ")
-    XenGuest.write(XenExit.decimal(Int32(truncatingIfNeeded: session.startInfo.pageCount)))
+    XenGuest.write(decimal: session.startInfo.pageCount)
     XenGuest.write(" pages\n")
-    var store = XenStore(
-        interface: UnsafeMutableRawPointer(bitPattern: UInt(session.store))!, port: session.startInfo.channels.storePort,
-        hypervisor: PollingHypercalls(HypercallPage()), maximumWaits: 100_000)
-    let text: [UInt8]
-    do throws(XenStoreError) {
-        text = try XenGuestConfiguration.text(commandLine: session.startInfo.commandLine, store: &store)
-    } catch {
-        XenGuest.write("rumprun: reading the configuration from xenstore failed\n")
-        XenGuest.shutdown(.panicked)
+    let commandLine = session.startInfo.commandLine(in: info)
+    if XenBootConfiguration.commandLineHasConfiguration(commandLine) {
+        XenGuest.write("rumprun: configuration on the command line\n")
+    } else {
+        var reader = XenStoreBootReader(
+            interface: UnsafeMutableRawPointer(bitPattern: UInt(session.store))!, port: session.startInfo.channels.storePort,
+            hypervisor: PollingHypercalls(HypercallPage()))
+        let buffer = UnsafeMutableRawBufferPointer(
+            start: UnsafeMutableRawPointer(bitPattern: cxen_configuration_buffer_address()), count: cxen_configuration_buffer_size)
+        do throws(XenStoreBootReadError) {
+            if let length = try XenBootConfiguration.readFromStore(into: buffer, reader: &reader) {
+                XenGuest.write("rumprun: configuration from xenstore rumprun/cfg, ")
+                XenGuest.write(decimal: UInt64(length))
+                XenGuest.write(" bytes\n")
+            } else {
+                XenGuest.write("rumprun: no configuration\n")
+            }
+        } catch {
+            XenGuest.write("rumprun: reading the configuration from xenstore failed\n")
+            XenGuest.shutdown(.panicked)
+        }
     }
-    do throws(GuestConfiguration.Error) {
-        let configuration = try GuestConfiguration(commandLine: text)
-        XenGuest.write("rumprun: configuration with ")
-        XenGuest.write(XenExit.decimal(Int32(configuration.arguments.count)))
-        XenGuest.write(" argument(s)\n")
-    } catch {
-        XenGuest.write("rumprun: bad configuration\n")
-        XenGuest.shutdown(.panicked)
-    }
-    XenGuest.write("rumprun: the PV runtime (page tables through mmu_update, event callbacks) is not written; stopping\n")
+    XenGuest.write("rumprun: the PV runtime (page tables through mmu_update, trap table, event callbacks, heap) is not written; stopping\n")
     XenGuest.shutdown(.panicked)
 }
 #endif

@@ -45,63 +45,88 @@ public struct PollingHypercalls<Base: Hypercalls>: Hypercalls {
     }
 }
 
-public enum XenGuestConfiguration {
-    /// The xenstore key, relative to the domain's home, the launcher writes.
-    public static let storeKey = "rumprun/cfg"
+public enum XenBootConfiguration {
+    /// The key below the domain's home that the launcher writes.
+    public static let storeKey: StaticString = "rumprun/cfg"
 
-    /// The configuration text: `commandLine` when it holds a JSON object
-    /// (a `{`), else the value of `domid`'s home `rumprun/cfg` from
-    /// `store`, else `commandLine` as it is (no configuration given).
-    /// A store error other than a missing key is thrown.
-    public static func text<H: Hypercalls>(
-        commandLine: [UInt8], store: inout XenStore<H>
-    ) throws(XenStoreError) -> [UInt8] {
-        if commandLine.contains(UInt8(ascii: "{")) { return commandLine }
-        // Relative paths resolve below /local/domain/<domid> in xenstored.
-        let domainID: [UInt8]
-        do {
-            domainID = try store.read("domid")
-        } catch .store(.noEntry, _) {
-            return commandLine
-        }
-        var path = "/local/domain/"
-        path += String(decoding: domainID.prefix { $0 != 0 }, as: UTF8.self)
-        path += "/" + storeKey
-        do {
-            let value = try store.read(path)
-            return Array(value.prefix { $0 != 0 })
-        } catch .store(.noEntry, _) {
-            return commandLine
-        }
+    /// Whether `commandLine` carries the JSON itself (a `{`).
+    public static func commandLineHasConfiguration(_ commandLine: UnsafeRawBufferPointer) -> Bool {
+        commandLine.contains(UInt8(ascii: "{"))
     }
-}
 
-/// Why the PVH configuration could not be handed to the hw boot.
-public enum XenPVHConfigurationError: Error, Equatable, Sendable {
-    case store(XenStoreError)
-    /// The store's value does not fit the buffer (with its NUL).
-    case tooLong(length: Int, capacity: Int)
+    /// Reads `/local/domain/<domid>/rumprun/cfg` into `buffer` and
+    /// NUL-terminates it; returns its length, or nil when the store has no
+    /// `domid` or no such key (no configuration: the command line stands).
+    /// Other store failures are thrown. Allocates nothing.
+    public static func readFromStore<H: Hypercalls>(
+        into buffer: UnsafeMutableRawBufferPointer, reader: inout XenStoreBootReader<H>
+    ) throws(XenStoreBootReadError) -> Int? {
+        // Relative paths resolve below /local/domain/<domid> in xenstored.
+        var domainID: (UInt64, UInt64) = (0, 0)
+        let domainIDLength: Int
+        do {
+            domainIDLength = try withUnsafeMutableBytes(of: &domainID) { (bytes) throws(XenStoreBootReadError) -> Int in
+                let key: StaticString = "domid"
+                return try reader.read(path: UnsafeRawBufferPointer(start: key.utf8Start, count: key.utf8CodeUnitCount), into: bytes)
+            }
+        } catch .store(.noEntry) {
+            return nil
+        } catch .valueTooLong {
+            throw .malformedValue
+        }
+        // "/local/domain/" + digits + "/" + storeKey, on the stack.
+        var path: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) = (0, 0, 0, 0, 0, 0, 0, 0)
+        let pathLength = try withUnsafeMutableBytes(of: &path) { (bytes) throws(XenStoreBootReadError) -> Int in
+            var count = 0
+            func append(_ text: StaticString) {
+                for index in 0..<text.utf8CodeUnitCount {
+                    bytes[count] = text.utf8Start[index]
+                    count += 1
+                }
+            }
+            append("/local/domain/")
+            try withUnsafeBytes(of: &domainID) { (digits) throws(XenStoreBootReadError) in
+                guard domainIDLength > 0, domainIDLength <= 5 else { throw .malformedValue }
+                for index in 0..<domainIDLength {
+                    guard digits[index] >= UInt8(ascii: "0"), digits[index] <= UInt8(ascii: "9") else { throw .malformedValue }
+                    bytes[count] = digits[index]
+                    count += 1
+                }
+            }
+            append("/")
+            append(storeKey)
+            return count
+        }
+        guard buffer.count > 0 else { throw .valueTooLong(length: 0, capacity: 0) }
+        let length: Int
+        do {
+            length = try withUnsafeBytes(of: &path) { (bytes) throws(XenStoreBootReadError) -> Int in
+                try reader.read(path: UnsafeRawBufferPointer(rebasing: bytes.prefix(pathLength)),
+                                into: UnsafeMutableRawBufferPointer(rebasing: buffer.dropLast()))
+            }
+        } catch .store(.noEntry) {
+            return nil
+        }
+        buffer[length] = 0
+        return length
+    }
 }
 
 public enum XenPVHConfiguration {
     /// A PVH domain started by `xl` gets no JSON on its command line (the
     /// launcher writes it to xenstore), but the hw boot reads its
-    /// configuration from `hvm_start_info.cmdline_paddr`. When the store has
-    /// it, this copies it, NUL-terminated, into `buffer` (physical address
-    /// `bufferAddress`) and points `cmdline_paddr` there, so the hw boot
-    /// parses it as if the loader had passed it. Returns whether it did.
-    ///
-    /// `commandLine` is the current command line's text (empty for none).
+    /// configuration from `hvm_start_info.cmdline_paddr`. When the command
+    /// line has no JSON and the store has it, this reads it into `buffer`
+    /// (physical address `bufferAddress`), NUL-terminated, and points
+    /// `cmdline_paddr` there, so the hw boot parses it as if the loader had
+    /// passed it. Returns whether it did. Allocates nothing (it runs before
+    /// the hw platform has a heap).
     public static func provide<H: Hypercalls>(
-        startInfo: UnsafeMutablePointer<hvm_start_info>, commandLine: [UInt8],
-        buffer: UnsafeMutableRawBufferPointer, bufferAddress: UInt64, store: inout XenStore<H>
-    ) throws(XenPVHConfigurationError) -> Bool {
-        let text: [UInt8]
-        do { text = try XenGuestConfiguration.text(commandLine: commandLine, store: &store) } catch { throw .store(error) }
-        guard text != commandLine else { return false }
-        guard text.count < buffer.count else { throw .tooLong(length: text.count, capacity: buffer.count) }
-        for (index, byte) in text.enumerated() { buffer[index] = byte }
-        buffer[text.count] = 0
+        startInfo: UnsafeMutablePointer<hvm_start_info>, commandLine: UnsafeRawBufferPointer,
+        buffer: UnsafeMutableRawBufferPointer, bufferAddress: UInt64, reader: inout XenStoreBootReader<H>
+    ) throws(XenStoreBootReadError) -> Bool {
+        guard !XenBootConfiguration.commandLineHasConfiguration(commandLine) else { return false }
+        guard try XenBootConfiguration.readFromStore(into: buffer, reader: &reader) != nil else { return false }
         startInfo.pointee.cmdline_paddr = bufferAddress
         return true
     }

@@ -56,6 +56,41 @@ enum XenImages {
         return notes
     }
 
+    /// Direct call graph of an image's code from `objdump -d`: function ->
+    /// functions it calls or jumps to (tail calls); "<indirect>" for `call *...`.
+    static func callGraph(_ path: String) throws -> [String: Set<String>] {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/objdump")
+        process.arguments = ["-d", "--no-show-raw-insn", path]
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        var graph: [String: Set<String>] = [:]
+        var current: String?
+        for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
+            // "0000000000129000 <_start_xen_pv>:"
+            if line.hasSuffix(">:"), let open = line.firstIndex(of: "<") {
+                current = String(line[line.index(after: open)..<line.index(line.endIndex, offsetBy: -2)])
+                graph[current!] = []
+                continue
+            }
+            guard let function = current else { continue }
+            let text = line.split(separator: "\t").last.map(String.init) ?? ""
+            guard text.hasPrefix("call") || text.hasPrefix("jmp") else { continue }
+            if text.contains("*") {
+                // A jmp through memory is a switch's jump table inside the
+                // function; only a call through a register or memory leaves it.
+                if text.hasPrefix("call") { graph[function, default: []].insert("<indirect>") }
+            } else if let open = text.firstIndex(of: "<"), let close = text.firstIndex(of: ">") {
+                let target = text[text.index(after: open)..<close].split(separator: "+").first.map(String.init) ?? ""
+                if target != function { graph[function, default: []].insert(target) }
+            }
+        }
+        return graph
+    }
+
     static func littleEndian(_ value: UInt64, count: Int = 8) -> [UInt8] { (0..<count).map { UInt8(truncatingIfNeeded: value >> (8 * UInt64($0))) } }
     static func string(_ text: String) -> [UInt8] { Array(text.utf8) + [0] }
 }
@@ -146,6 +181,30 @@ enum XenImages {
         ])
         #expect(!run.stdout.contains("Xen"))
         #expect(run.status == 5, "stderr: \(run.stderr)")
+    }
+
+    /// The PVH hook runs before the hw platform has a heap, and a PV domain
+    /// has none: no code reachable from the Xen entry points may allocate.
+    @Test func theXenStartOfDayCodeReachesNoAllocator() throws {
+        let graph = try XenImages.callGraph(try XenImages.withSymbols.get())
+        let roots = ["bmk_xen_attach", "xen_pv_main", "bmk_xen_exit", "bmk_xen_console_putc", "bmk_xen_tsc_scale", "_start_xen_pv"]
+        for root in roots { #expect(graph[root] != nil, "\(root) not in the image") }
+        let allocators: Set = ["swift_allocObject", "swift_slowAlloc", "swift_allocBox", "posix_memalign", "malloc", "bmk_heap_allocate"]
+        #expect(allocators.contains { graph[$0] != nil }, "the allocators are in the image, so the check can fail")
+        var reached: Set<String> = []
+        var paths: [String] = []
+        var work = roots.map { ($0, [$0]) }
+        while let (function, path) = work.popLast() {
+            guard reached.insert(function).inserted else { continue }
+            if allocators.contains(function) { paths.append(path.joined(separator: " -> ")) }
+            for callee in graph[function] ?? [] { work.append((callee, path + [callee])) }
+        }
+        #expect(paths == [])
+        #expect(reached.contains("xen_pv_main") && reached.count > 20)
+        // Indirect calls are only the hypercall page's stubs (and the
+        // runtime's object destroy, reached through a release of nothing).
+        let indirect = reached.filter { graph[$0]?.contains("<indirect>") == true }
+        #expect(indirect.isSubset(of: ["cxen_hypercall", "_swift_embedded_invoke_heap_object_destroy"]), "\(indirect)")
     }
 
     @Test func hwImagesStayFreeOfXen() throws {

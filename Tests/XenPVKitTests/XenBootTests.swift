@@ -171,24 +171,41 @@ func validStartInfo() -> start_info {
         return try withUnsafePointer(to: &copy) { (pointer) throws(StartInfoError) -> XenStartInfo in try XenStartInfo(pointer) }
     }
 
+    func magicError(_ info: start_info) -> [UInt8]? {
+        do {
+            _ = try parse(info)
+            return nil
+        } catch {
+            guard case .badMagic(let found) = error else { return nil }
+            return found.text
+        }
+    }
+
     @Test func aValidStartInfoIsRead() throws {
         let info = try parse(validStartInfo())
         #expect(info.pageCount == 32768)
         #expect(info.sharedInfoAddress == 0x1_2345_6000)
         #expect(info.channels == XenBootChannels(storeFrame: 0x4_1001, storePort: 1, consoleFrame: 0x4_1002, consolePort: 2))
         #expect(info.frameListAddress == 0x40_0000 && info.pageTableBase == 0x50_0000 && info.pageTableFrames == 6)
-        #expect(String(decoding: info.commandLine, as: UTF8.self) == "{\"argv\":[\"hello\"]}")
+        var raw = validStartInfo()
+        let line = withUnsafePointer(to: &raw) { Array(info.commandLine(in: $0)) }
+        #expect(String(decoding: line, as: UTF8.self) == "{\"argv\":[\"hello\"]}")
+        #expect(info.commandLineLength == 18)
         #expect(!info.isPrivileged && !info.isInitialDomain)
     }
 
     @Test func malformedStartInfosGiveTypedErrors() throws {
         var info = validStartInfo()
         withUnsafeMutableBytes(of: &info.magic) { $0[12] = UInt8(ascii: "3"); $0[13] = UInt8(ascii: "2") }
-        #expect(throws: StartInfoError.badMagic(found: Array("xen-3.0-x86_32".utf8))) { _ = try parse(info) }
+        #expect(magicError(info) == Array("xen-3.0-x86_32".utf8))
 
         info = validStartInfo()
         withUnsafeMutableBytes(of: &info.magic) { $0.initializeMemory(as: UInt8.self, repeating: 0) }
-        #expect(throws: StartInfoError.badMagic(found: [])) { _ = try parse(info) }
+        #expect(magicError(info) == [])
+        // A suffix after the ABI name is allowed (xen.h: "xen-<version>-<platform>").
+        info = validStartInfo()
+        withUnsafeMutableBytes(of: &info.magic) { $0[14] = UInt8(ascii: "p") }
+        #expect(magicError(info) == nil)
 
         info = validStartInfo()
         info.nr_pages = 0
@@ -298,6 +315,7 @@ func validStartInfo() -> start_info {
             var calls = hypervisor
             var console: [UInt8] = []
             try outcome.shutdown(hypervisor: &calls, console: { console += $0 })
+            #expect(!console.isEmpty)
             #expect(String(decoding: console, as: UTF8.self) == line)
             #expect(hypervisor.shutdownReason == UInt32(reason))
             #expect(hypervisor.log == ["sched_op shutdown reason=\(reason)"])
@@ -326,41 +344,79 @@ func validStartInfo() -> start_info {
 }
 
 @Suite struct XenConfigurationTests {
-    @Test func theCommandLineWinsWhenItCarriesJSON() throws {
-        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
-        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
-        var store = daemon.client()
-        let line = Array("{\"argv\":[\"a\"]}".utf8)
-        #expect(try XenGuestConfiguration.text(commandLine: line, store: &store) == line)
-        #expect(daemon.requestsSeen.isEmpty)
+    func reader(_ daemon: XenStoreDaemonModel, waits: Int = 64) -> XenStoreBootReader<SimulatedHypervisor> {
+        XenStoreBootReader(interface: daemon.page, port: daemon.port, hypervisor: daemon.hypervisor, maximumWaits: waits)
     }
 
-    @Test func otherwiseTheLaunchersXenstoreKeyIsRead() throws {
+    func read(_ path: String, _ reader: inout XenStoreBootReader<SimulatedHypervisor>, capacity: Int = 64) throws(XenStoreBootReadError) -> String {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 1)
+        defer { buffer.deallocate() }
+        let pathBytes = UnsafeMutableRawBufferPointer.allocate(byteCount: path.utf8.count, alignment: 1)
+        defer { pathBytes.deallocate() }
+        pathBytes.copyBytes(from: path.utf8)
+        let length = try reader.read(path: UnsafeRawBufferPointer(pathBytes), into: buffer)
+        return String(decoding: buffer.prefix(length), as: UTF8.self)
+    }
+
+    @Test func theBootReaderSpeaksXsWireWithoutTheHeap() throws {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        daemon.set("/local/domain/7/name", "guest")
+        // A value longer than the 1 KiB ring, handed over 7 bytes per step.
+        let long = String(repeating: "0123456789", count: 300)
+        daemon.set("/local/domain/7/long", long)
+        daemon.chunkLimit = 7
+        var reader = reader(daemon, waits: 10_000)
+        #expect(try read("/local/domain/7/name", &reader) == "guest")
+        #expect(try read("/local/domain/7/long", &reader, capacity: 4096) == long)
+        #expect(daemon.requestsSeen.map(\.type) == [UInt32(XS_READ.rawValue), UInt32(XS_READ.rawValue)])
+        #expect(daemon.requestsSeen.map(\.req_id) == [0x8000_0001, 0x8000_0002])
+        #expect(throws: XenStoreBootReadError.store(.noEntry)) { _ = try read("/nowhere", &reader) }
+        #expect(throws: XenStoreBootReadError.valueTooLong(length: 3000, capacity: 16)) {
+            _ = try read("/local/domain/7/long", &reader, capacity: 16)
+        }
+        // The overlong value was drained: the next read still works.
+        #expect(try read("/local/domain/7/name", &reader) == "guest")
+        daemon.answers = false
+        var silent = self.reader(daemon, waits: 5)
+        #expect(throws: XenStoreBootReadError.noResponse(waits: 5)) { _ = try read("/local/domain/7/name", &silent) }
+    }
+
+    func configuration(_ daemon: XenStoreDaemonModel, capacity: Int = 4097) throws(XenStoreBootReadError) -> String? {
+        var reader = reader(daemon)
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: capacity, alignment: 1)
+        defer { buffer.deallocate() }
+        guard let length = try XenBootConfiguration.readFromStore(into: buffer, reader: &reader) else { return nil }
+        #expect(buffer[length] == 0, "NUL-terminated")
+        return String(decoding: buffer.prefix(length), as: UTF8.self)
+    }
+
+    @Test func theLaunchersXenstoreKeyIsFoundThroughDomid() throws {
         let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
         let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
         daemon.home = "/local/domain/7"
         daemon.set("/local/domain/7/domid", "7")
         // What XenLauncher writes with xenstore-write.
         daemon.set("/local/domain/7/rumprun/cfg", "{\"argv\":[\"hello\",\"3\"]}")
-        var store = daemon.client()
-        let text = try XenGuestConfiguration.text(commandLine: [], store: &store)
-        #expect(String(decoding: text, as: UTF8.self) == "{\"argv\":[\"hello\",\"3\"]}")
-        let configuration = try GuestConfiguration(commandLine: text)
-        #expect(configuration.arguments == ["hello", "3"])
-        #expect(daemon.requestsSeen.map(\.type) == [UInt32(XS_READ.rawValue), UInt32(XS_READ.rawValue)])
+        let text = try #require(try configuration(daemon))
+        #expect(text == "{\"argv\":[\"hello\",\"3\"]}")
+        #expect(try GuestConfiguration(commandLine: Array(text.utf8)).arguments == ["hello", "3"])
+        #expect(daemon.requestsSeen.count == 2)
     }
 
-    @Test func noKeyMeansNoConfigurationButOtherStoreErrorsSurface() throws {
+    @Test func noKeyMeansNoConfigurationButOtherFailuresSurface() throws {
         let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
         let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        // No domid at all, then a domid without the key.
+        #expect(try configuration(daemon) == nil)
         daemon.home = "/local/domain/7"
         daemon.set("/local/domain/7/domid", "7")
-        var store = daemon.client()
-        #expect(try XenGuestConfiguration.text(commandLine: Array("quiet".utf8), store: &store) == Array("quiet".utf8))
-        // A store that never answers is an error, not an empty configuration.
-        daemon.answers = false
-        var silent = daemon.client(maximumWaits: 4)
-        #expect(throws: XenStoreError.self) { _ = try XenGuestConfiguration.text(commandLine: [], store: &silent) }
+        #expect(try configuration(daemon) == nil)
+        daemon.set("/local/domain/7/domid", "7x")
+        #expect(throws: XenStoreBootReadError.malformedValue) { _ = try configuration(daemon) }
+        daemon.set("/local/domain/7/domid", "7")
+        daemon.set("/local/domain/7/rumprun/cfg", "{\"argv\":[\"hello\"]}")
+        #expect(throws: XenStoreBootReadError.valueTooLong(length: 18, capacity: 9)) { _ = try configuration(daemon, capacity: 10) }
     }
 
     @Test func aPVHDomainsStoreConfigurationBecomesItsCommandLine() throws {
@@ -369,16 +425,16 @@ func validStartInfo() -> start_info {
         daemon.home = "/local/domain/9"
         daemon.set("/local/domain/9/domid", "9")
         daemon.set("/local/domain/9/rumprun/cfg", "{\"argv\":[\"web\"],\"hostname\":\"box\"}")
-        var store = daemon.client()
+        var reader = reader(daemon)
         var info = hvm_start_info()
         info.magic = UInt32(XEN_HVM_START_MAGIC_VALUE)
         info.cmdline_paddr = 0
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: cxen_configuration_buffer_size, alignment: 1)
         defer { buffer.deallocate() }
         #expect(cxen_configuration_buffer_size == Int(XENSTORE_PAYLOAD_MAX) + 1)
-        let provided = try XenPVHConfiguration.provide(
-            startInfo: &info, commandLine: [], buffer: buffer, bufferAddress: 0x14_f000, store: &store)
-        #expect(provided)
+        #expect(try XenPVHConfiguration.provide(
+            startInfo: &info, commandLine: UnsafeRawBufferPointer(start: nil, count: 0), buffer: buffer, bufferAddress: 0x14_f000,
+            reader: &reader))
         #expect(info.cmdline_paddr == 0x14_f000)
         let text = Array(buffer.prefix { $0 != 0 })
         #expect(String(decoding: text, as: UTF8.self) == "{\"argv\":[\"web\"],\"hostname\":\"box\"}")
@@ -386,19 +442,25 @@ func validStartInfo() -> start_info {
         let configuration = try GuestConfiguration(commandLine: text)
         #expect(configuration.arguments == ["web"] && configuration.hostname == "box")
 
-        // A command line that already has JSON is left alone.
+        // A command line that already has JSON is left alone, unread.
+        let seen = daemon.requestsSeen.count
         var other = hvm_start_info()
         other.cmdline_paddr = 0x9000
-        #expect(try !XenPVHConfiguration.provide(
-            startInfo: &other, commandLine: Array("{}".utf8), buffer: buffer, bufferAddress: 0x14_f000, store: &store))
-        #expect(other.cmdline_paddr == 0x9000)
-        // A value longer than the buffer is refused, the start info unchanged.
-        let small = UnsafeMutableRawBufferPointer.allocate(byteCount: 8, alignment: 1)
-        defer { small.deallocate() }
-        #expect(throws: XenPVHConfigurationError.tooLong(length: 33, capacity: 8)) {
-            _ = try XenPVHConfiguration.provide(startInfo: &other, commandLine: [], buffer: small, bufferAddress: 1, store: &store)
+        let json = Array("quiet {}".utf8)
+        let provided = try json.withUnsafeBytes { line in
+            try XenPVHConfiguration.provide(startInfo: &other, commandLine: line, buffer: buffer, bufferAddress: 0x14_f000, reader: &reader)
         }
-        #expect(other.cmdline_paddr == 0x9000)
+        #expect(!provided)
+        #expect(other.cmdline_paddr == 0x9000 && daemon.requestsSeen.count == seen)
+    }
+
+    @Test func exitReportsAreWrittenFromTheStack() {
+        var text: [UInt8] = []
+        XenExit.exited(status: -17).writeReport { text += $0 }
+        #expect(String(decoding: text, as: UTF8.self) == "rumprun: exit status -17\n")
+        text = []
+        XenExit.withDecimal(Int64.min) { text += $0 }
+        #expect(String(decoding: text, as: UTF8.self) == "-9223372036854775808")
     }
 
     @Test func startOfDayPollingTurnsBlockIntoYield() {
