@@ -2,6 +2,7 @@
 // rumprun did: on the command line when it carries an object, else in
 // xenstore under the domain's home at `rumprun/cfg` (the launcher's
 // `xenstore-write /local/domain/<domid>/rumprun/cfg`, see XenLauncher).
+import BareMetalKit
 import CXen
 
 /// Hypercalls for start of day, before any event handler exists: waiting
@@ -101,8 +102,8 @@ public enum XenBootConfiguration {
         let length: Int
         do {
             length = try withUnsafeBytes(of: &path) { (bytes) throws(XenStoreBootReadError) -> Int in
-                try reader.read(path: UnsafeRawBufferPointer(rebasing: bytes.prefix(pathLength)),
-                                into: UnsafeMutableRawBufferPointer(rebasing: buffer.dropLast()))
+                try reader.read(path: UnsafeRawBufferPointer(start: bytes.baseAddress, count: pathLength),
+                                into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count - 1))
             }
         } catch .store(.noEntry) {
             return nil
@@ -113,6 +114,15 @@ public enum XenBootConfiguration {
 }
 
 public enum XenPVHConfiguration {
+    /// The hw boot reads at most `BootInfoParser.commandLineLimit` bytes
+    /// with the NUL, so that is the most this hands over.
+    public static var commandLineCapacity: Int { BootInfoParser<NoPhysicalMemory>.commandLineLimit }
+
+    /// Only names `BootInfoParser`'s static limits.
+    public struct NoPhysicalMemory: PhysicalMemoryReader {
+        public func loadByte(at address: UInt64) -> UInt8? { nil }
+    }
+
     /// A PVH domain started by `xl` gets no JSON on its command line (the
     /// launcher writes it to xenstore), but the hw boot reads its
     /// configuration from `hvm_start_info.cmdline_paddr`. When the command
@@ -126,7 +136,8 @@ public enum XenPVHConfiguration {
         buffer: UnsafeMutableRawBufferPointer, bufferAddress: UInt64, reader: inout XenStoreBootReader<H>
     ) throws(XenStoreBootReadError) -> Bool {
         guard !XenBootConfiguration.commandLineHasConfiguration(commandLine) else { return false }
-        guard try XenBootConfiguration.readFromStore(into: buffer, reader: &reader) != nil else { return false }
+        let usable = UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: min(buffer.count, commandLineCapacity))
+        guard try XenBootConfiguration.readFromStore(into: usable, reader: &reader) != nil else { return false }
         startInfo.pointee.cmdline_paddr = bufferAddress
         return true
     }

@@ -76,7 +76,7 @@ public struct XenStoreBootReader<H: Hypercalls> {
                     try receive(into: bytes, keep: length)
                     return min(length, bytes.count)
                 }
-                let code = withUnsafeBytes(of: &name) { XenStoreErrorCode(wire: $0.prefix(kept)) }
+                let code = withUnsafeBytes(of: &name) { XenStoreErrorCode(wire: UnsafeRawBufferPointer(start: $0.baseAddress, count: kept)) }
                 throw .store(code)
             default:
                 try receive(discarding: length)

@@ -442,6 +442,24 @@ func validStartInfo() -> start_info {
         let configuration = try GuestConfiguration(commandLine: text)
         #expect(configuration.arguments == ["web"] && configuration.hostname == "box")
 
+        // The hw boot takes 4095 bytes and a NUL: a longer value is refused
+        // here rather than failing the boot later.
+        #expect(XenPVHConfiguration.commandLineCapacity == BootInfoParser<XenPVHConfiguration.NoPhysicalMemory>.commandLineLimit)
+        daemon.set("/local/domain/9/rumprun/cfg", "{" + String(repeating: " ", count: 4093) + "}")
+        info.cmdline_paddr = 0
+        #expect(try XenPVHConfiguration.provide(
+            startInfo: &info, commandLine: UnsafeRawBufferPointer(start: nil, count: 0), buffer: buffer, bufferAddress: 0x14_f000,
+            reader: &reader))
+        #expect(buffer[4095] == 0)
+        daemon.set("/local/domain/9/rumprun/cfg", "{" + String(repeating: " ", count: 4094) + "}")
+        info.cmdline_paddr = 0
+        #expect(throws: XenStoreBootReadError.valueTooLong(length: 4096, capacity: 4095)) {
+            _ = try XenPVHConfiguration.provide(
+                startInfo: &info, commandLine: UnsafeRawBufferPointer(start: nil, count: 0), buffer: buffer, bufferAddress: 0x14_f000,
+                reader: &reader)
+        }
+        #expect(info.cmdline_paddr == 0)
+
         // A command line that already has JSON is left alone, unread.
         let seen = daemon.requestsSeen.count
         var other = hvm_start_info()
