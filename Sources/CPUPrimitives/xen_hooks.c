@@ -17,3 +17,8 @@ __attribute__((weak)) int32_t bmk_xen_tsc_scale(uint32_t *multiplier, int8_t *sh
     (void)shift;
     return 0;
 }
+
+__attribute__((weak)) int32_t bmk_xen_wall_clock(uint64_t *unix_nanoseconds) {
+    (void)unix_nanoseconds;
+    return 0;
+}

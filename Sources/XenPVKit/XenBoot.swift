@@ -265,6 +265,32 @@ public enum XenTime {
     }
 }
 
+extension XenTime {
+    /// Unix time in nanoseconds at TSC value `tsc`: shared info's wall
+    /// clock (`wc_sec_hi:wc_sec`, `wc_nsec`: the Unix time at Xen system
+    /// time 0, xen.h) plus vCPU `vcpu`'s system time at `tsc`. Nil while
+    /// either record is being updated after `attempts` tries, or when Xen
+    /// has published no wall clock (all zero).
+    public static func unixNanoseconds(
+        sharedInfo: UnsafeRawPointer, tsc: UInt64, vcpu: Int = 0, attempts: Int = 1000
+    ) -> UInt64? {
+        guard let time = record(sharedInfo: sharedInfo, vcpu: vcpu, attempts: attempts) else { return nil }
+        for _ in 0..<attempts {
+            let before = cxen_load32(sharedInfo + CXEN_OFFSETOF_shared_info_wc_version)
+            cxen_rmb()
+            let seconds = UInt64(cxen_load32(sharedInfo + CXEN_OFFSETOF_shared_info_wc_sec_hi)) << 32
+                | UInt64(cxen_load32(sharedInfo + CXEN_OFFSETOF_shared_info_wc_sec))
+            let nanoseconds = UInt64(cxen_load32(sharedInfo + CXEN_OFFSETOF_shared_info_wc_nsec))
+            cxen_rmb()
+            let after = cxen_load32(sharedInfo + CXEN_OFFSETOF_shared_info_wc_version)
+            guard before == after && before & 1 == 0 else { continue }
+            guard seconds != 0 || nanoseconds != 0 else { return nil }
+            return seconds &* 1_000_000_000 &+ nanoseconds &+ time.nanoseconds(atTSC: tsc)
+        }
+        return nil
+    }
+}
+
 /// Console output that collects bytes and hands them on a line at a time
 /// (or when full), so each ring write and notification carries a line
 /// rather than one byte.

@@ -138,6 +138,16 @@ public func xenTSCScale(_ multiplier: UnsafeMutablePointer<UInt32>, _ shift: Uns
     return 1
 }
 
+@_cdecl("bmk_xen_wall_clock")
+public func xenWallClock(_ unixNanoseconds: UnsafeMutablePointer<UInt64>) -> Int32 {
+    guard XenGuest.attached, XenGuest.sharedInfoFrame != 0,
+        let sharedInfo = UnsafeRawPointer(bitPattern: UInt(XenGuest.sharedInfoFrame << 12)),
+        let now = XenTime.unixNanoseconds(sharedInfo: sharedInfo, tsc: cxen_rdtsc())
+    else { return 0 }
+    unixNanoseconds.pointee = now
+    return 1
+}
+
 @_cdecl("bmk_xen_exit")
 public func xenExit(_ portValue: UInt8) {
     guard XenGuest.attached else { return }

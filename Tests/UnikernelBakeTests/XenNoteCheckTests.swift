@@ -34,10 +34,12 @@ import Testing
         #expect(!Self.xenBoot.isEmpty)
         let image = try image()
         let notes = XenImageNotes(image)
-        #expect(notes.problems(in: image) == [])
-        #expect(notes.entry == image.symbol(named: "_start_xen_pv")?.value)
-        #expect(notes.hypercallPage == image.symbol(named: "cxen_hypercall_page")?.value)
-        #expect(notes.phys32Entry == image.symbol(named: "_start_pvh")?.value)
+        let problems = notes.problems(in: image)
+        let symbols = ["_start_xen_pv", "cxen_hypercall_page", "_start_pvh"].map { image.symbol(named: $0)?.value }
+        #expect(problems == [])
+        #expect(notes.entry == symbols[0] && symbols[0] != nil)
+        #expect(notes.hypercallPage == symbols[1] && symbols[1] != nil)
+        #expect(notes.phys32Entry == symbols[2] && symbols[2] != nil)
     }
 
     @Test func brokenNotesAreNamed() throws {

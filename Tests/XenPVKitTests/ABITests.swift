@@ -14,6 +14,9 @@ let swiftLayout: [String: Int] = {
         "shared_info.evtchn_pending": off(\shared_info.evtchn_pending),
         "shared_info.evtchn_mask": off(\shared_info.evtchn_mask),
         "shared_info.wc_version": off(\shared_info.wc_version),
+        "shared_info.wc_sec": off(\shared_info.wc_sec),
+        "shared_info.wc_nsec": off(\shared_info.wc_nsec),
+        "shared_info.wc_sec_hi": off(\shared_info.wc_sec_hi),
         "shared_info.arch": off(\shared_info.arch),
         "vcpu_info": MemoryLayout<vcpu_info>.stride,
         "vcpu_info.evtchn_upcall_pending": off(\vcpu_info.evtchn_upcall_pending),
@@ -215,6 +218,10 @@ let codeLayout: [String: Int] = [
         "vcpu_info.time": CXEN_OFFSETOF_vcpu_info_time,
         "vcpu_info.evtchn_upcall_mask": CXEN_OFFSETOF_vcpu_info_evtchn_upcall_mask,
         "vcpu_time_info.version": CXEN_OFFSETOF_vcpu_time_info_version,
+        "shared_info.wc_version": CXEN_OFFSETOF_shared_info_wc_version,
+        "shared_info.wc_sec": CXEN_OFFSETOF_shared_info_wc_sec,
+        "shared_info.wc_nsec": CXEN_OFFSETOF_shared_info_wc_nsec,
+        "shared_info.wc_sec_hi": CXEN_OFFSETOF_shared_info_wc_sec_hi,
         // BareMetalKit's PVClockTimeInfo reads Xen's record (XenTime) at
         // the pvclock offsets; they must be the header's.
         "vcpu_time_info": PVClockTimeInfo.byteCount,

@@ -343,6 +343,31 @@ func validStartInfo() -> start_info {
     }
 }
 
+@Suite struct XenWallClockTests {
+    @Test func wallTimeIsXensBaseAndTheSystemTime() throws {
+        let memory = SimulatedMemory()
+        let shared = memory.allocate()!
+        let record = shared + CXEN_OFFSETOF_shared_info_vcpu_info + CXEN_OFFSETOF_vcpu_info_time
+        var time = vcpu_time_info()
+        time.version = 2
+        time.tsc_timestamp = 1_000
+        time.system_time = 7_000_000_000
+        time.tsc_to_system_mul = 0x8000_0000  // 2 GHz
+        record.storeBytes(of: time, as: vcpu_time_info.self)
+        #expect(XenTime.unixNanoseconds(sharedInfo: shared, tsc: 1_000) == nil, "no wall clock published yet")
+        // 2106-02-07 06:28:16 UTC needs wc_sec_hi: 2^32 seconds.
+        cxen_store32(shared + CXEN_OFFSETOF_shared_info_wc_sec_hi, 1)
+        cxen_store32(shared + CXEN_OFFSETOF_shared_info_wc_sec, 5)
+        cxen_store32(shared + CXEN_OFFSETOF_shared_info_wc_nsec, 250)
+        cxen_store32(shared + CXEN_OFFSETOF_shared_info_wc_version, 4)
+        let base: UInt64 = ((1 << 32) + 5) * 1_000_000_000 + 250
+        #expect(XenTime.unixNanoseconds(sharedInfo: shared, tsc: 1_000) == base + 7_000_000_000)
+        #expect(XenTime.unixNanoseconds(sharedInfo: shared, tsc: 3_001_000) == base + 7_001_500_000)
+        cxen_store32(shared + CXEN_OFFSETOF_shared_info_wc_version, 5)
+        #expect(XenTime.unixNanoseconds(sharedInfo: shared, tsc: 1_000, attempts: 3) == nil, "update in progress")
+    }
+}
+
 @Suite struct XenConfigurationTests {
     func reader(_ daemon: XenStoreDaemonModel, waits: Int = 64) -> XenStoreBootReader<SimulatedHypervisor> {
         XenStoreBootReader(interface: daemon.page, port: daemon.port, hypervisor: daemon.hypervisor, maximumWaits: waits)

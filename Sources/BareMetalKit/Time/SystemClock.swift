@@ -150,6 +150,8 @@ public enum SystemClock {
     }
 
     static func readRealTimeClock() {
+        var xenNow: UInt64 = 0
+        if bmk_xen_wall_clock(&xenNow) != 0 { wallOrigin = (xenNow, monotonicNanoseconds); return }  // Xen's wall clock (XenHooks.h)
         guard !rtcAbsent else {
             wallUnavailable = true
             return

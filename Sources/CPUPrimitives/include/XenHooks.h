@@ -15,6 +15,9 @@ void bmk_xen_console_putc(uint8_t byte);
 /// The TSC-to-nanoseconds scale of Xen's vcpu_time_info (pvclock form);
 /// nonzero when attached and Xen has published one.
 int32_t bmk_xen_tsc_scale(uint32_t *multiplier, int8_t *shift);
+/// The current Unix time in nanoseconds from Xen's wall clock in shared
+/// info; nonzero when attached and Xen has published one.
+int32_t bmk_xen_wall_clock(uint64_t *unix_nanoseconds);
 /// The guest ends with debug-exit value `port_value` (GuestExit); on Xen
 /// this records the outcome and shuts the domain down.
 void bmk_xen_exit(uint8_t port_value);
