@@ -101,12 +101,21 @@ public enum XenHVMBoot {
         return UInt64(HVM_PARAM_CALLBACK_TYPE_VECTOR) << typeShift | UInt64(vector)
     }
 
-    /// Sets every bit of shared info's `evtchn_mask` (2-level ABI).
+    /// Sets every bit of shared info's `evtchn_mask` (2-level ABI), then
+    /// clears vCPU 0's `evtchn_upcall_pending` and selector: an event that
+    /// arrived before the mask (the toolstack binds the console and store
+    /// ports before the domain runs) stays pending on its port, and is
+    /// delivered when a frontend unmasks it (`EVTCHNOP_unmask`), not as an
+    /// upcall nobody handles yet.
     public static func maskAllPorts(sharedInfo: UnsafeMutableRawPointer) {
         let bytes = MemoryLayout.size(ofValue: shared_info().evtchn_mask)
         for offset in stride(from: 0, to: bytes, by: 4) {
             cxen_store32(sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_mask + offset, UInt32.max)
         }
+        cxen_mb()
+        let vcpu = sharedInfo + CXEN_OFFSETOF_shared_info_vcpu_info
+        cxen_store8(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_upcall_pending, 0)
+        _ = cxen_xchg64(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_pending_sel, 0)
         cxen_mb()
     }
 

@@ -55,6 +55,10 @@ struct FakeXenCPU: XenCPUAccess {
     }
 
     @Test func theStartOfDayRunsInOrderWithItsArguments() throws {
+        // The toolstack's console port fires before the domain masks anything.
+        hypervisor.ports[2] = .interdomain(remote: 0, remotePort: 1)
+        hypervisor.raise(2)
+        #expect(hypervisor.upcallPending)
         var cpu = FakeXenCPU(hypervisor: hypervisor)
         let session = try #require(try boot(&cpu))
         let frame = memory.frame(of: sharedPage)
@@ -77,9 +81,16 @@ struct FakeXenCPU: XenCPUAccess {
         let maskBytes = MemoryLayout.size(ofValue: shared_info().evtchn_mask)
         let mask = UnsafeRawBufferPointer(start: sharedPage + CXEN_OFFSETOF_shared_info_evtchn_mask, count: maskBytes)
         #expect(mask.allSatisfy { $0 == 0xFF })
-        // A masked port raised by a backend does not reach the upcall.
+        // The early event stays pending on its port without an upcall, and
+        // a masked port raised again does not reach the upcall either.
+        #expect(!hypervisor.upcallPending)
+        #expect(hypervisor.testBit(hypervisor.pendingOffset, 2))
         hypervisor.raise(2)
         #expect(!hypervisor.upcallPending)
+        // Unmasking redelivers it (event_channel.h EVTCHNOP_unmask).
+        var calls = hypervisor
+        try calls.unmaskPort(2)
+        #expect(hypervisor.upcallPending)
     }
 
     @Test func withoutXenLeavesNothingHappens() throws {
