@@ -175,8 +175,8 @@ struct IdentityMappedMemory: PhysicalMemoryReader {
 @_cdecl("bmk_boot_main")
 public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Platform.console.configure()
-    Exceptions.install()
     _ = bmk_xen_attach(protocolNumber, infoAddress)  // Xen PVH: hypercall page, console ring (XenPVKit; no-op elsewhere)
+    Exceptions.install()
     let parser: BootInfoParser<IdentityMappedMemory>
     let highest: UInt64
     do {
