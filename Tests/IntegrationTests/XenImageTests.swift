@@ -222,6 +222,26 @@ enum XenImages {
         #expect(indirect.isSubset(of: ["cxen_hypercall", "_swift_embedded_invoke_heap_object_destroy"]), "\(indirect)")
     }
 
+    /// The launcher takes the baked image as it is: a PVH domain whose
+    /// kernel is the image, and a configuration the guest's xenstore read
+    /// (XenPVHConfiguration) can hand to the hw boot whole.
+    @Test func theLauncherDryRunStartsTheBakedImageAsAPVHDomain() throws {
+        let image = try XenImages.stripped.get()
+        let run = try Integration.run(["run", "xen", "--dry-run", "-N", "web", "-e", "GREETING=hi", image, "--", "3"])
+        #expect(run.status == 0, "stderr: \(run.stderr)")
+        let lines = run.stdout.split(separator: "\n").map(String.init)
+        #expect(lines.contains("type = \"pvh\""))
+        #expect(lines.contains("kernel = \"\(image)\""))
+        #expect(lines.contains("on_crash = \"preserve\""))
+        let write = try #require(lines.first { $0.hasPrefix("xenstore-write /local/domain/DOMID/rumprun/cfg ") })
+        let json = String(write.dropFirst("xenstore-write /local/domain/DOMID/rumprun/cfg ".count)).trimmingCharacters(in: CharacterSet(charactersIn: "'"))
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
+        #expect(object["argv"] as? [String] == ["web", "3"])
+        #expect(object["hostname"] as? String == "web")
+        // XenPVHConfiguration hands over at most 4095 bytes (and a NUL).
+        #expect(json.utf8.count < 4096 && json.utf8.count < Int(XENSTORE_PAYLOAD_MAX))
+    }
+
     @Test func hwImagesStayFreeOfXen() throws {
         let image = try ELFFile(path: try Integration.hello.get())
         let notes = XenImageNotes(image)
