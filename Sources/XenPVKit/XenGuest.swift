@@ -73,7 +73,9 @@ public func xenAttach(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Int32 
         else { return 0 }
         session = started
     } catch {
-        // The hypercall page may be live; Xen's console is the only outlet.
+        // Without a hypercall page there is no way to say anything (its
+        // bytes are int3); otherwise Xen's own console is the only outlet.
+        if case .noHypercallPage = error { return 0 }
         XenGuest.write("rumprun: Xen PVH start of day failed\n")
         return 0
     }
