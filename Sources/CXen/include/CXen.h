@@ -106,7 +106,7 @@ static const uint32_t cxen_sif_initdomain = SIF_INITDOMAIN;
 static const uint64_t cxen_hvm_callback_irq_type_mask = HVM_PARAM_CALLBACK_IRQ_TYPE_MASK;
 static const size_t cxen_max_guest_cmdline = MAX_GUEST_CMDLINE;
 
-extern char cxen_hypercall_page[];
+extern char cxen_hypercall_page[];  // see "The hypercall page" below
 
 // Boot-time CPU access for the PVH/HVM Xen branch (Intel SDM vol. 2:
 // CPUID, WRMSR, RDTSC). Static inline like CPUPrimitives' own, so the
@@ -163,9 +163,9 @@ static inline void cxen_and64(void *p, uint64_t v) { __atomic_fetch_and((uint64_
 
 // The hypercall page: 32-byte stubs Xen fills in (a PV kernel names it
 // with XEN_ELFNOTE_HYPERCALL_PAGE; an HVM/PVH guest writes its physical
-// address to the MSR that CPUID leaf 0x40000x02 EBX names). The boot code
-// defines the symbol; nothing here references it unless a guest calls
-// cxen_hypercall. x86-64 ABI: arguments in rdi, rsi, rdx, r10, r8, result
+// address to the MSR that CPUID leaf 0x40000x02 EBX names). xen_boot.S
+// defines the symbol (guest world, Xen images only); nothing here
+// references it unless a guest calls cxen_hypercall. x86-64 ABI: arguments in rdi, rsi, rdx, r10, r8, result
 // in rax; rcx and r11 are clobbered (the PV stubs use syscall).
 extern char cxen_hypercall_page[];
 static inline long cxen_hypercall(unsigned int op, unsigned long a1, unsigned long a2, unsigned long a3,
