@@ -30,7 +30,7 @@ let guestCSettings: [CSetting] =
 var targets: [Target] = [
     .target(
         name: "CPUPrimitives",
-        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S", "switch.S"],
+        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S", "switch.S", "xen_hooks.c"],
         cSettings: guestCSettings
     ),
     .target(
@@ -52,12 +52,13 @@ var targets: [Target] = [
     // system include directories in the guest world, so glibc stays out.
     .target(
         name: "CXen",
+        exclude: guest ? [] : ["xen_boot.S"],
         cSettings: guestCSettings + (guest ? [.unsafeFlags(["-Xclang", "-nostdsysteminc"])] : [])
     ),
     // The Xen platform: hypercalls, event channels, grants, xenstore, frontends.
     .target(
         name: "XenPVKit",
-        dependencies: ["CXen", "DeviceInterfaces"],
+        dependencies: ["CXen", "DeviceInterfaces", "BareMetalKit"],
         swiftSettings: guestSwiftSettings
     ),
     // The TCP/IP stack (issue: networking). Embedded-clean.
@@ -115,7 +116,7 @@ if !guest {
         // --- XenPVKit: declared with the guest-world targets above ---
         .target(
             name: "UnikernelBake",
-            dependencies: ["CLibELF", "BareMetalKit"]
+            dependencies: ["CLibELF", "BareMetalKit", "CXen"]
         ),
         .executableTarget(
             name: "bake",

@@ -99,6 +99,7 @@ public enum Platform {
     static let stopClaimed = Atomic<Bool>(false)
 
     static func halt(portValue: UInt8) -> Never {
+        bmk_xen_exit(portValue)  // on Xen: SCHEDOP_shutdown (XenPVKit; returns elsewhere)
         cpu_outl(GuestExit.port, UInt32(portValue))
         // Without the debug-exit device the guest simply stops here.
         write("rumprun: halted (no isa-debug-exit device)\n")
@@ -174,6 +175,7 @@ struct IdentityMappedMemory: PhysicalMemoryReader {
 @_cdecl("bmk_boot_main")
 public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Platform.console.configure()
+    _ = bmk_xen_attach(protocolNumber, infoAddress)  // Xen PVH: hypercall page, console ring (XenPVKit; no-op elsewhere)
     Exceptions.install()
     // The TSC calibration window runs from here to SystemClock.start.
     SystemClock.beginCalibration()

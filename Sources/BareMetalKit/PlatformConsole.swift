@@ -3,6 +3,7 @@
 // too when the BIOS left one (a pc machine with a VGA device: SeaBIOS runs
 // its VGA BIOS, which sets 80×25 colour text mode).
 #if hasFeature(Embedded)
+import CPUPrimitives
 
 public struct PlatformConsole {
     var serial = Serial16550(ports: HardwarePorts())
@@ -23,6 +24,7 @@ public struct PlatformConsole {
     public mutating func write(_ byte: UInt8) {
         serial.write(byte)
         screen?.write(byte)
+        bmk_xen_console_putc(byte)  // the Xen console ring once attached (XenPVKit; no-op elsewhere)
     }
 
     /// Bytes to every console, "\n" as "\r\n".

@@ -55,6 +55,9 @@ public struct Baker: Sendable {
             throw .configurationNotBakeable(configuration.name, reason: reason)
         }
         let format = request.format ?? configuration.defaultFormat
+        if configuration.platform == .xen && format != .pvh {
+            throw .imageCheckFailed(path: request.output, problems: ["Xen loads ELF64 images: configuration \(configuration.name) takes --format pvh, not \(format.rawValue)"])
+        }
 
         // Sort and check the inputs before any slow step.
         guard !request.inputs.isEmpty else { throw .noInputs }
@@ -106,6 +109,11 @@ public struct Baker: Sendable {
         case .multiboot: bytes = try ImageWriter.multibootImage(from: linked)
         }
         let report = try ImageChecker.check(try ELFFile(bytes: bytes, path: request.output))
+        if configuration.platform == .xen {
+            let written = try ELFFile(bytes: bytes, path: request.output)
+            let problems = XenImageNotes(written).problems(in: written)
+            guard problems.isEmpty else { throw .imageCheckFailed(path: request.output, problems: problems) }
+        }
         guard report.format == format else {
             throw .imageCheckFailed(path: request.output, problems: ["wrote \(report.format?.rawValue ?? "unknown") instead of \(format.rawValue)"])
         }

@@ -41,14 +41,19 @@ public struct PlatformConfiguration: Equatable, Sendable {
             modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "NetStack", "Rumprun"], defaultFormat: .pvh, unavailableReason: nil),
         PlatformConfiguration(
             name: "xen_pv", platform: .xen,
-            summary: "Xen paravirtualized guests (PV and PVH)",
+            summary: "Xen guests: PVH (xl type=\"pvh\", the launcher's) and PV entry",
             details: """
-                The Xen platform (XenPVKit): event channels, grant tables, xenstore, console
-                ring, netfront and blkfront. Not bakeable yet: the Xen boot path (PV start_info
-                entry, hypercall page) is not written.
+                One ELF64 image for Xen. As a PVH domain it enters at the hw platform's PVH entry
+                (XEN_ELFNOTE_PHYS32_ENTRY), finds Xen through CPUID, has Xen fill the hypercall page
+                through the MSR, maps shared info, reads the console and xenstore pages from the HVM
+                parameters, and uses the console ring and SCHEDOP_shutdown. It also carries the PV
+                notes (XEN_ELFNOTE_ENTRY, HYPERCALL_PAGE, VIRT_BASE, "xen-3.0", "generic" loader):
+                the PV entry checks start_info, maps Xen's pages and reads the configuration, but does
+                not run applications yet. Never run on a real Xen host from this repository (Docs/xen.md).
+                Platform modules: CPUPrimitives, DeviceInterfaces, BareMetalKit, CXen, XenPVKit, NetStack, Rumprun.
                 """,
-            modules: [], defaultFormat: .pvh,
-            unavailableReason: "the Xen boot path (XenPVKit entry code) is not implemented yet"),
+            modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "CXen", "XenPVKit", "NetStack", "Rumprun"],
+            defaultFormat: .pvh, unavailableReason: nil),
     ]
 
     public static var names: [String] { all.map(\.name) }

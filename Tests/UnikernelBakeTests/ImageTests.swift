@@ -125,7 +125,10 @@ import Testing
         let generic = try PlatformConfiguration.named("hw_generic")
         #expect(generic.modules == ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "NetStack", "Rumprun"])
         #expect(generic.unavailableReason == nil)
-        #expect(try PlatformConfiguration.named("xen_pv").unavailableReason != nil)
+        let xen = try PlatformConfiguration.named("xen_pv")
+        #expect(xen.unavailableReason == nil)
+        #expect(xen.platform == .xen && xen.defaultFormat == .pvh)
+        #expect(xen.modules == ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "CXen", "XenPVKit", "NetStack", "Rumprun"])
         #expect(throws: BakeError.unknownConfiguration("hw_nope", known: ["hw_generic", "hw_virtio", "xen_pv"])) {
             try PlatformConfiguration.named("hw_nope")
         }
@@ -133,8 +136,9 @@ import Testing
 
     @Test func unbakeableConfigurationsFailBeforeAnyWork() throws {
         let baker = try Baker()
-        #expect(throws: BakeError.configurationNotBakeable("xen_pv", reason: "the Xen boot path (XenPVKit entry code) is not implemented yet")) {
-            try baker.bake(BakeRequest(configuration: "xen_pv", output: "/nonexistent/x.img", inputs: ["Examples/hello"]))
+        // Xen loads ELF64 only: a multiboot Xen image is refused before any build.
+        #expect(throws: BakeError.imageCheckFailed(path: "/nonexistent/x.img", problems: ["Xen loads ELF64 images: configuration xen_pv takes --format pvh, not multiboot"])) {
+            try baker.bake(BakeRequest(configuration: "xen_pv", output: "/nonexistent/x.img", inputs: ["Examples/hello"], format: .multiboot))
         }
         #expect(throws: BakeError.noInputs) {
             try baker.bake(BakeRequest(configuration: "hw_generic", output: "/nonexistent/x.img", inputs: []))

@@ -2,6 +2,7 @@
 // (CXen's shim) against the layout Swift imports and the Swift code uses.
 import CXen
 import Testing
+import BareMetalKit
 @testable import XenPVKit
 
 /// Swift's importer view (MemoryLayout of the imported types) of every fact in the C shim's table, by the same name.
@@ -13,6 +14,9 @@ let swiftLayout: [String: Int] = {
         "shared_info.evtchn_pending": off(\shared_info.evtchn_pending),
         "shared_info.evtchn_mask": off(\shared_info.evtchn_mask),
         "shared_info.wc_version": off(\shared_info.wc_version),
+        "shared_info.wc_sec": off(\shared_info.wc_sec),
+        "shared_info.wc_nsec": off(\shared_info.wc_nsec),
+        "shared_info.wc_sec_hi": off(\shared_info.wc_sec_hi),
         "shared_info.arch": off(\shared_info.arch),
         "vcpu_info": MemoryLayout<vcpu_info>.stride,
         "vcpu_info.evtchn_upcall_pending": off(\vcpu_info.evtchn_upcall_pending),
@@ -21,11 +25,21 @@ let swiftLayout: [String: Int] = {
         "vcpu_info.arch": off(\vcpu_info.arch),
         "vcpu_info.time": off(\vcpu_info.time),
         "vcpu_time_info": MemoryLayout<vcpu_time_info>.size,
+        "vcpu_time_info.version": off(\vcpu_time_info.version),
+        "vcpu_time_info.tsc_timestamp": off(\vcpu_time_info.tsc_timestamp),
+        "vcpu_time_info.system_time": off(\vcpu_time_info.system_time),
+        "vcpu_time_info.tsc_to_system_mul": off(\vcpu_time_info.tsc_to_system_mul),
+        "vcpu_time_info.tsc_shift": off(\vcpu_time_info.tsc_shift),
+        "vcpu_time_info.flags": off(\vcpu_time_info.flags),
         "mmu_update": MemoryLayout<mmu_update>.stride,
         "mmu_update.ptr": off(\mmu_update.ptr),
         "mmu_update.val": off(\mmu_update.val),
         "start_info": MemoryLayout<start_info>.size,
+        "start_info.magic": off(\start_info.magic),
         "start_info.nr_pages": off(\start_info.nr_pages),
+        "start_info.flags": off(\start_info.flags),
+        "start_info.mfn_list": off(\start_info.mfn_list),
+        "start_info.nr_pt_frames": off(\start_info.nr_pt_frames),
         "start_info.shared_info": off(\start_info.shared_info),
         "start_info.store_mfn": off(\start_info.store_mfn),
         "start_info.store_evtchn": off(\start_info.store_evtchn),
@@ -151,6 +165,9 @@ let swiftLayout: [String: Int] = {
         "blkif_sring.rsp_event": off(\blkif_sring.rsp_event),
         "xenstore_domain_interface.req": off(\xenstore_domain_interface.req),
         "xencons_interface.in": off(\xencons_interface.in),
+        "xen_hvm_evtchn_upcall_vector": MemoryLayout<xen_hvm_evtchn_upcall_vector>.size,
+        "xen_hvm_evtchn_upcall_vector.vcpu": off(\xen_hvm_evtchn_upcall_vector.vcpu),
+        "xen_hvm_evtchn_upcall_vector.vector": off(\xen_hvm_evtchn_upcall_vector.vector),
     ]
 }()
 
@@ -196,6 +213,23 @@ let codeLayout: [String: Int] = [
         "blkif_sring.rsp_event": BlkifRing.responseEventOffset,
         "xenstore_domain_interface.req": XenStore<SimulatedHypervisor>.requestOffset,
         "xencons_interface.in": ConsoleRing<SimulatedHypervisor>.inOffset,
+        "start_info.magic": CXEN_OFFSETOF_start_info_magic,
+        "start_info.cmd_line": CXEN_OFFSETOF_start_info_cmd_line,
+        "vcpu_info.time": CXEN_OFFSETOF_vcpu_info_time,
+        "vcpu_info.evtchn_upcall_mask": CXEN_OFFSETOF_vcpu_info_evtchn_upcall_mask,
+        "vcpu_time_info.version": CXEN_OFFSETOF_vcpu_time_info_version,
+        "shared_info.wc_version": CXEN_OFFSETOF_shared_info_wc_version,
+        "shared_info.wc_sec": CXEN_OFFSETOF_shared_info_wc_sec,
+        "shared_info.wc_nsec": CXEN_OFFSETOF_shared_info_wc_nsec,
+        "shared_info.wc_sec_hi": CXEN_OFFSETOF_shared_info_wc_sec_hi,
+        // BareMetalKit's PVClockTimeInfo reads Xen's record (XenTime) at
+        // the pvclock offsets; they must be the header's.
+        "vcpu_time_info": PVClockTimeInfo.byteCount,
+        "vcpu_time_info.tsc_timestamp": 8,
+        "vcpu_time_info.system_time": 16,
+        "vcpu_time_info.tsc_to_system_mul": 24,
+        "vcpu_time_info.tsc_shift": 28,
+        "vcpu_time_info.flags": 29,
 ]
 
 /// The C shim's table.

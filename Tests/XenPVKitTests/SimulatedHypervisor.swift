@@ -96,6 +96,13 @@ final class SimulatedHypervisor: Hypercalls {
     var yieldCount = 0
     /// Hypercall numbers and commands, in order.
     var trace: [(call: Hypercall, command: Int32)] = []
+    /// Boot-relevant calls with their arguments, in order (the fake CPU of
+    /// the boot tests adds its MSR writes here too).
+    var log: [String] = []
+    /// The per-vCPU upcall vector (`HVMOP_set_evtchn_upcall_vector`).
+    var upcallVector: UInt8?
+    /// Answer `HVMOP_set_evtchn_upcall_vector` with -ENOSYS (Xen before 4.6).
+    var lacksUpcallVectorCall = false
 
     init(memory: SimulatedMemory) {
         self.memory = memory
@@ -115,6 +122,7 @@ final class SimulatedHypervisor: Hypercalls {
             runBackends()
         case SCHEDOP_shutdown:
             shutdownReason = argument!.load(as: sched_shutdown.self).reason
+            log.append("sched_op shutdown reason=\(shutdownReason!)")
         default: return -Int(XEN_ENOSYS.rawValue)
         }
         return 0
@@ -188,6 +196,7 @@ final class SimulatedHypervisor: Hypercalls {
         trace.append((.memoryOp, command))
         guard command == XENMEM_add_to_physmap else { return -Int(XEN_ENOSYS.rawValue) }
         let request = argument.load(as: xen_add_to_physmap.self)
+        log.append("memory_op add_to_physmap domid=\(hex(request.domid)) space=\(request.space) idx=\(request.idx) gpfn=\(hex(request.gpfn))")
         guard let page = memory.page(frame: UInt64(request.gpfn)) else { return -Int(XEN_EINVAL.rawValue) }
         switch request.space {
         case UInt32(XENMAPSPACE_shared_info):
@@ -203,10 +212,25 @@ final class SimulatedHypervisor: Hypercalls {
 
     func hvmOp(_ operation: Int32, _ argument: UnsafeMutableRawPointer) -> Int {
         trace.append((.hvmOp, operation))
-        guard operation == HVMOP_get_param else { return -Int(XEN_ENOSYS.rawValue) }
-        let request = argument.assumingMemoryBound(to: xen_hvm_param.self)
-        guard let value = hvmParameters[request.pointee.index] else { return -Int(XEN_EINVAL.rawValue) }
-        request.pointee.value = value
+        switch operation {
+        case HVMOP_get_param:
+            let request = argument.assumingMemoryBound(to: xen_hvm_param.self)
+            log.append("hvm_op get_param domid=\(hex(request.pointee.domid)) index=\(request.pointee.index)")
+            guard let value = hvmParameters[request.pointee.index] else { return -Int(XEN_EINVAL.rawValue) }
+            request.pointee.value = value
+        case HVMOP_set_param:
+            let request = argument.load(as: xen_hvm_param.self)
+            log.append("hvm_op set_param domid=\(hex(request.domid)) index=\(request.index) value=\(hex(request.value))")
+            hvmParameters[request.index] = request.value
+        case HVMOP_set_evtchn_upcall_vector:
+            let request = argument.load(as: xen_hvm_evtchn_upcall_vector.self)
+            log.append("hvm_op set_evtchn_upcall_vector vcpu=\(request.vcpu) vector=\(hex(request.vector))")
+            if lacksUpcallVectorCall { return -Int(XEN_ENOSYS.rawValue) }
+            // Xen (arch/x86/hvm/hvm.c) refuses vectors below 0x10.
+            guard request.vcpu == 0, request.vector >= 0x10 else { return -Int(XEN_EINVAL.rawValue) }
+            upcallVector = request.vector
+        default: return -Int(XEN_ENOSYS.rawValue)
+        }
         return 0
     }
 
@@ -249,10 +273,13 @@ final class SimulatedHypervisor: Hypercalls {
 
     func updateVAMapping(_ virtualAddress: UInt64, _ entry: UInt64, flags: UInt64) -> Int {
         trace.append((.updateVAMapping, 0))
+        log.append("update_va_mapping va=\(hex(virtualAddress)) pte=\(hex(entry)) flags=\(flags)")
         guard virtualAddress & 0xFFF == 0 else { return -Int(XEN_EINVAL.rawValue) }
         mappings[virtualAddress] = entry
         return 0
     }
+
+    func hex<T: BinaryInteger>(_ value: T) -> String { "0x" + String(value, radix: 16) }
 
     // MARK: Event channel internals (2-level ABI, as Xen implements it)
 

@@ -14,6 +14,9 @@ final class XenStoreDaemonModel: BackendModel {
     /// When false, requests are read but never answered.
     var answers = true
     var nodes: [String: String] = ["/": ""]
+    /// The connection's home ("/local/domain/<domid>"): as xenstored does,
+    /// reads of relative paths resolve below it. Nil: relative reads miss.
+    var home: String? = nil
     var watches: [(path: String, token: String)] = []
     var transactions: [UInt32: (nodes: [String: String], generation: Int, changed: Set<String>)] = [:]
     var nextTransaction: UInt32 = 1
@@ -135,7 +138,8 @@ final class XenStoreDaemonModel: BackendModel {
         var changed: String? = nil
         switch type {
         case XS_READ:
-            guard let value = tree![parts[0]] else { return error("ENOENT", request) }
+            let path = parts[0].hasPrefix("/") ? parts[0] : home.map { $0 + "/" + parts[0] } ?? parts[0]
+            guard let value = tree![path] else { return error("ENOENT", request) }
             reply(request.type, request, Array(value.utf8))
         case XS_WRITE:
             guard parts.count >= 2, parts[0].hasPrefix("/") else { return error("EINVAL", request) }

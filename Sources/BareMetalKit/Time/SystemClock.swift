@@ -18,6 +18,8 @@ public enum ClockSource: Sendable {
     case pitChannel0
     case hpet
     case cpuidNominal
+    /// The vcpu_time_info in Xen's shared info (a Xen PVH domain; XenHooks.h).
+    case xen
 
     public var name: StaticString {
         switch self {
@@ -27,6 +29,7 @@ public enum ClockSource: Sendable {
         case .pitChannel0: return "PIT channel 0"
         case .hpet: return "HPET"
         case .cpuidNominal: return "CPUID 0x16"
+        case .xen: return "Xen vcpu_time_info"
         }
     }
 }
@@ -62,7 +65,10 @@ public enum SystemClock {
         centuryRegister = firmware.century
         rtcAbsent = firmware.rtcAbsent
         let origin = Platform.bootTimestamp
-        if cpu.hasKVMClock, let scale = kvmclockScale() {
+        if let scale = xenScale() {
+            counter = CounterClock(scale: scale, originTicks: origin)
+            source = .xen
+        } else if cpu.hasKVMClock, let scale = kvmclockScale() {
             counter = CounterClock(scale: scale, originTicks: origin)
             source = .kvmclock
         } else if let hz = crystalFrequency(cpu), let scale = TickScale(ticksPerSecond: hz) {
@@ -92,6 +98,12 @@ public enum SystemClock {
         }
     }
 
+    /// The TSC scale Xen publishes for this vCPU, when running on Xen.
+    static func xenScale() -> TickScale? {
+        var scale = TickScale(multiplier: 0, shift: 0)
+        return bmk_xen_tsc_scale(&scale.multiplier, &scale.shift) != 0 ? scale : nil
+    }
+
     /// Measures the TSC frequency (Hz) with one source, without changing
     /// the clock (cross-checks in tests; PIT and HPET take 50 ms each).
     /// Nil when that source does not answer on this machine.
@@ -112,6 +124,8 @@ public enum SystemClock {
             let cpu = CPUInformation(source: HardwareCPUID())
             let mhz = cpu.maximumLeaf >= 0x16 ? HardwareCPUID().cpuid(leaf: 0x16, subleaf: 0).eax & 0xFFFF : 0
             scale = mhz == 0 ? nil : TickScale(ticksPerSecond: UInt64(mhz) * 1_000_000)
+        case .xen:
+            scale = xenScale()
         }
         return scale?.ticksPerSecond
     }
@@ -140,6 +154,8 @@ public enum SystemClock {
     }
 
     static func readRealTimeClock() {
+        var xenNow: UInt64 = 0
+        if bmk_xen_wall_clock(&xenNow) != 0 { wallOrigin = (xenNow, monotonicNanoseconds); return }  // Xen's wall clock (XenHooks.h)
         guard !rtcAbsent else {
             wallUnavailable = true
             return

@@ -9,6 +9,7 @@
 #include "CPUStructures.h"
 #include "CPUInterrupts.h"
 #include "CPURandom.h"
+#include "XenHooks.h"
 
 static inline void cpu_outb(uint16_t port, uint8_t value) {
     __asm__ volatile("outb %0, %1" : : "a"(value), "Nd"(port));

@@ -37,6 +37,8 @@
 #include <xen/io/xenbus.h>
 #include <xen/io/protocols.h>
 #include <xen/errno.h>
+#include <xen/elfnote.h>
+#include <xen/features.h>
 
 // Field offsets the Swift code reads and writes through raw pointers
 // (Embedded Swift has no key paths, so MemoryLayout.offset(of:) is out),
@@ -46,8 +48,21 @@ enum {
     CXEN_OFFSETOF(shared_info, vcpu_info),
     CXEN_OFFSETOF(shared_info, evtchn_pending),
     CXEN_OFFSETOF(shared_info, evtchn_mask),
+    CXEN_OFFSETOF(shared_info, wc_version),
+    CXEN_OFFSETOF(shared_info, wc_sec),
+    CXEN_OFFSETOF(shared_info, wc_nsec),
+    CXEN_OFFSETOF(shared_info, wc_sec_hi),
     CXEN_OFFSETOF(vcpu_info, evtchn_upcall_pending),
     CXEN_OFFSETOF(vcpu_info, evtchn_pending_sel),
+    CXEN_OFFSETOF(vcpu_info, evtchn_upcall_mask),
+    CXEN_OFFSETOF(vcpu_info, time),
+    CXEN_OFFSETOF(vcpu_time_info, version),
+    CXEN_OFFSETOF(vcpu_time_info, tsc_timestamp),
+    CXEN_OFFSETOF(vcpu_time_info, system_time),
+    CXEN_OFFSETOF(vcpu_time_info, tsc_to_system_mul),
+    CXEN_OFFSETOF(vcpu_time_info, tsc_shift),
+    CXEN_OFFSETOF(start_info, magic),
+    CXEN_OFFSETOF(start_info, cmd_line),
     CXEN_OFFSETOF(grant_entry_v1, flags),
     CXEN_OFFSETOF(grant_entry_v1, domid),
     CXEN_OFFSETOF(grant_entry_v1, frame),
@@ -86,6 +101,41 @@ static const domid_t cxen_domid_self = DOMID_SELF;
 static const domid_t cxen_domid_invalid = DOMID_INVALID;
 static const uint64_t cxen_uvmf_invlpg = UVMF_INVLPG;
 static const uint64_t cxen_uvmf_tlb_flush = UVMF_TLB_FLUSH;
+static const uint32_t cxen_sif_privileged = SIF_PRIVILEGED;
+static const uint32_t cxen_sif_initdomain = SIF_INITDOMAIN;
+static const uint64_t cxen_hvm_callback_irq_type_mask = HVM_PARAM_CALLBACK_IRQ_TYPE_MASK;
+static const size_t cxen_max_guest_cmdline = MAX_GUEST_CMDLINE;
+
+extern char cxen_hypercall_page[];  // see "The hypercall page" below
+
+// Boot-time CPU access for the PVH/HVM Xen branch (Intel SDM vol. 2:
+// CPUID, WRMSR, RDTSC). Static inline like CPUPrimitives' own, so the
+// header compiles in both worlds; only the guest executes them.
+static inline void cxen_cpuid(uint32_t leaf, uint32_t *eax, uint32_t *ebx, uint32_t *ecx, uint32_t *edx) {
+    __asm__ volatile("cpuid" : "=a"(*eax), "=b"(*ebx), "=c"(*ecx), "=d"(*edx) : "a"(leaf), "c"(0));
+}
+static inline void cxen_wrmsr(uint32_t msr, uint64_t value) {
+    __asm__ volatile("wrmsr" : : "c"(msr), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)) : "memory");
+}
+static inline uint64_t cxen_rdtsc(void) {
+    uint32_t lo, hi;
+    __asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+    return ((uint64_t)hi << 32) | lo;
+}
+
+// Pages xen_boot.S reserves (guest world): shared info (PVH: its frame is
+// handed to XENMEM_add_to_physmap; PV: remapped onto shared_info's machine
+// frame), and the PV console and xenstore mapping slots.
+extern char cxen_shared_info_page[];
+extern char cxen_pv_console_page[];
+extern char cxen_pv_store_page[];
+extern char cxen_configuration_buffer[];
+static const size_t cxen_configuration_buffer_size = XENSTORE_PAYLOAD_MAX + 1;
+static inline uintptr_t cxen_configuration_buffer_address(void) { return (uintptr_t)cxen_configuration_buffer; }
+static inline uintptr_t cxen_hypercall_page_address(void) { return (uintptr_t)cxen_hypercall_page; }
+static inline uintptr_t cxen_shared_info_page_address(void) { return (uintptr_t)cxen_shared_info_page; }
+static inline uintptr_t cxen_pv_console_page_address(void) { return (uintptr_t)cxen_pv_console_page; }
+static inline uintptr_t cxen_pv_store_page_address(void) { return (uintptr_t)cxen_pv_store_page; }
 
 // Shared-memory primitives for pages another domain writes concurrently:
 // single loads/stores the compiler may not merge or hoist (the READ_ONCE
@@ -113,9 +163,9 @@ static inline void cxen_and64(void *p, uint64_t v) { __atomic_fetch_and((uint64_
 
 // The hypercall page: 32-byte stubs Xen fills in (a PV kernel names it
 // with XEN_ELFNOTE_HYPERCALL_PAGE; an HVM/PVH guest writes its physical
-// address to the MSR that CPUID leaf 0x40000x02 EBX names). The boot code
-// defines the symbol; nothing here references it unless a guest calls
-// cxen_hypercall. x86-64 ABI: arguments in rdi, rsi, rdx, r10, r8, result
+// address to the MSR that CPUID leaf 0x40000x02 EBX names). xen_boot.S
+// defines the symbol (guest world, Xen images only); nothing here
+// references it unless a guest calls cxen_hypercall. x86-64 ABI: arguments in rdi, rsi, rdx, r10, r8, result
 // in rax; rcx and r11 are clobbered (the PV stubs use syscall).
 extern char cxen_hypercall_page[];
 static inline long cxen_hypercall(unsigned int op, unsigned long a1, unsigned long a2, unsigned long a3,
