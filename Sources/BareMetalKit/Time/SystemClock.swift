@@ -244,11 +244,11 @@ public enum SystemClock {
 
     /// Starts PIT channel 0 and takes the first calibration sample, so the
     /// window runs while the rest of the boot path works (under TCG those
-    /// steps take about as long as the window). Does nothing when kvmclock
-    /// or CPUID 0x15 will give the rate without measuring.
+    /// steps take about as long as the window). Does nothing when Xen,
+    /// kvmclock or CPUID 0x15 will give the rate without measuring.
     public static func beginCalibration() {
         let cpu = CPUInformation(source: HardwareCPUID())
-        guard !cpu.hasKVMClock, crystalFrequency(cpu) == nil else { return }
+        guard xenScale() == nil, !cpu.hasKVMClock, crystalFrequency(cpu) == nil else { return }
         PITChannel0.program()
         earlyPITSample = PITChannel0.tightestSample()
     }
