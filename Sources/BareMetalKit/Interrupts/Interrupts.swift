@@ -74,9 +74,20 @@ public enum Interrupts {
     /// TSC ticks `start()` took (firmware tables, APICs); boot pays this.
     nonisolated(unsafe) public internal(set) static var startTicks: UInt64 = 0
 
-    /// Set by a device interrupt (not the timer); `ProcessorIdle.wait`
-    /// returns when it finds it set, and clears it.
-    nonisolated(unsafe) static var wakePending = false
+    /// Per CPU: set by a device interrupt or a wake-up IPI (not the
+    /// timer) on that CPU; `ProcessorIdle.wait` returns when it finds its
+    /// CPU's flag set, and clears it.
+    nonisolated(unsafe) static var wakePending = UnsafeMutablePointer<Bool>.allocate(capacity: Processors.limit)
+    /// Interrupts taken by each AP (index 0 unused). The counters above
+    /// (`statistics`, `count(vector:)`) are the boot CPU's alone: only it
+    /// takes device interrupts, and no two CPUs write one counter.
+    nonisolated(unsafe) static var applicationProcessorCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: Processors.limit)
+
+    /// Interrupts (IPIs, timer) taken by CPU `index` > 0.
+    public static func interruptsTaken(on index: Int) -> UInt64 {
+        guard isRunning, index > 0, index < Processors.limit else { return 0 }
+        return applicationProcessorCounts[index]
+    }
 
     /// The scheduler's hook: called after every claimed device interrupt
     /// and IPI, on the interrupt stack with interrupts disabled, after the
@@ -105,6 +116,8 @@ public enum Interrupts {
         unclaimedRun.initialize(repeating: 0, count: 256)
         perVector.initialize(repeating: 0, count: 256)
         silenced.initialize(repeating: false, count: 256)
+        wakePending.initialize(repeating: false, count: Processors.limit)
+        applicationProcessorCounts.initialize(repeating: 0, count: Processors.limit)
         let firmware = Platform.firmware
         routing = firmware.interruptRouting
         if let pointer = firmware.multiprocessor?.floatingPointer, pointer.imcrPresent {
@@ -302,6 +315,11 @@ public enum Interrupts {
     // MARK: Dispatch
 
     static func dispatch(vector: UInt8) {
+        let processor = Processors.currentIndex
+        if processor != 0 {
+            dispatchOnApplicationProcessor(vector: vector, processor: processor)
+            return
+        }
         statistics.total &+= 1
         guard isRunning else { return }
         perVector[Int(vector)] &+= 1
@@ -318,7 +336,8 @@ public enum Interrupts {
         }
         guard let apic = localAPIC else { return }
         if vector == InterruptVectors.wakeup {
-            // SMP wake-up: ending the target's HLT was its whole job.
+            // SMP wake-up: ends the idle wait (work was queued here).
+            wakePending[0] = true
             apic.endOfInterrupt()
             return
         }
@@ -348,7 +367,7 @@ public enum Interrupts {
             }
             if claimed {
                 unclaimedRun[Int(vector)] = 0
-                wakePending = true
+                wakePending[0] = true
                 wakeHook?()
             } else {
                 statistics.unclaimed &+= 1
@@ -361,6 +380,29 @@ public enum Interrupts {
             reportOnce(vector)
         }
         if apic.isInService(vector) { apic.endOfInterrupt() }
+    }
+
+    /// An AP takes IPIs and its own timer only (device lines and MSIs go
+    /// to the boot CPU); it counts them in its own slot.
+    static func dispatchOnApplicationProcessor(vector: UInt8, processor: Int) {
+        guard isRunning, let apic = localAPIC else { return }
+        applicationProcessorCounts[processor] &+= 1
+        switch vector {
+        case InterruptVectors.spurious:
+            return
+        case InterruptVectors.wakeup:
+            wakePending[processor] = true
+        case InterruptVectors.tlbShootdown:
+            TLBShootdown.answerInterrupt()
+        case InterruptVectors.timer:
+            LocalAPICTimer.expired()
+        case InterruptVectors.apicError:
+            _ = apic.errorStatus()
+        default:
+            if InterruptVectors.isLegacyPIC(vector) { return }
+            if !apic.isInService(vector) { return }
+        }
+        apic.endOfInterrupt()
     }
 
     /// A storm: mask the line behind `vector`, or disable the handler of an
