@@ -247,3 +247,33 @@ struct SchedulerProcessorTests {
         #expect(scheduler.steals > 0)
     }
 }
+
+extension SchedulerProcessorTests {
+    @Test func aYieldingUnboundThreadMovesToAnIdleProcessor() throws {
+        var scheduler = Scheduler(processors: 2)
+        scheduler.activeProcessor = 1
+        let x = scheduler.createThread()
+        #expect(scheduler.schedule() == x)
+        scheduler.activeProcessor = 0
+        let a = try scheduler.createThread(boundTo: 0)
+        let b = scheduler.createThread()
+        let c = try scheduler.createThread(boundTo: 0)
+        #expect(scheduler.queuedCount(on: 0) == 3)  // CPU 1 is busy: a tie, the creator's CPU
+        #expect(scheduler.schedule() == a)
+        try scheduler.exit(status: 0)
+        #expect(scheduler.schedule() == b)
+        scheduler.activeProcessor = 1
+        try scheduler.exit(status: 0)
+        #expect(scheduler.schedule() == nil)  // c is bound to CPU 0
+        scheduler.enterIdle()
+        scheduler.activeProcessor = 0
+        _ = scheduler.takeKicks()
+        try scheduler.yield()  // c waits on CPU 0, CPU 1 is idle
+        #expect(scheduler.queuedCount(on: 1) == 1)
+        #expect(scheduler.takeKicks() == 0b10)
+        #expect(scheduler.schedule() == c)
+        scheduler.activeProcessor = 1
+        #expect(scheduler.schedule() == b)
+        #expect(scheduler.steals == 0)
+    }
+}

@@ -356,8 +356,18 @@ public struct Scheduler {
         let thread = try running()
         guard let level = highestRunnableLevel(), level >= threads[thread.rawValue].priority else { return }
         threads[thread.rawValue].state = .runnable
-        runQueues[activeProcessor][threads[thread.rawValue].priority].append(thread)
         current = nil
+        // An unbound thread that gives way goes to an idle CPU if there is
+        // one (and wakes it), else to the back of this CPU's queue.
+        if threads[thread.rawValue].affinity == nil,
+            let other = (0..<processorCount).first(where: { $0 != activeProcessor && idle[$0] })
+        {
+            runQueues[other][threads[thread.rawValue].priority].append(thread)
+            idle[other] = false
+            kicks |= 1 << UInt64(other)
+            return
+        }
+        runQueues[activeProcessor][threads[thread.rawValue].priority].append(thread)
     }
 
     /// The current thread sleeps until `deadline` (nanoseconds).
