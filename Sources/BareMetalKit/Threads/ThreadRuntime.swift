@@ -132,10 +132,14 @@ public enum ThreadRuntime {
     // MARK: The scheduler lock
 
     /// Masks interrupts, takes the scheduler lock and makes the running
-    /// CPU the scheduler's active one. Returns the caller's flags.
+    /// CPU the scheduler's active one. Returns the caller's flags. Every
+    /// scheduler operation is also a point where a TLB shootdown aimed at
+    /// this CPU is answered: threads on the boot CPU run with interrupts
+    /// off, and a thread that only yields must not hold up an unmap.
     @inline(__always)
     static func lockScheduler() -> UInt64 {
         let flags = cpu_save_and_disable_interrupts()
+        TLBShootdown.answerPending()
         _ = lock.lock()
         scheduler.activeProcessor = processorIndex
         return flags

@@ -11,6 +11,16 @@ import Rumprun
 import Synchronization
 
 let count = Rumprun.processorCount
+// Shared with escaping thread bodies: atomics must be globals in Embedded Swift.
+let atomic = Atomic<Int>(0)
+let stop = Atomic<Bool>(false)
+let inside = Atomic<Int>(0)
+let passes = Atomic<Int>(0)
+let writersInside = Atomic<Int>(0)
+let violations = Atomic<Int>(0)
+let acknowledged = Atomic<Int>(0)
+let readersInside = Atomic<Int>(0)
+let most = Atomic<Int>(0)
 nonisolated(unsafe) var failures: Int32 = 0
 
 func check(_ condition: Bool, _ message: String) {
@@ -44,7 +54,6 @@ do {
     let atomicRounds = 20_000
     let mutex = Mutex()
     nonisolated(unsafe) var locked = 0
-    let atomic = Atomic<Int>(0)
     var threads: [Thread] = []
     for index in 0..<threadCount {
         threads.append(Thread.spawn(name: "counter") {
@@ -105,8 +114,8 @@ do {
 // yield and sleep, while unbound busy threads compete for the CPUs.
 do {
     let records = 40
-    nonisolated(unsafe) var seen = [Int](repeating: 0, count: count * records)
-    let stop = Atomic<Bool>(false)
+    let seen = UnsafeMutablePointer<Int>.allocate(capacity: count * records)
+    seen.initialize(repeating: -2, count: count * records)
     var competitors: [Thread] = []
     for _ in 0..<count {
         competitors.append(Thread.spawn(name: "busy") {
@@ -136,31 +145,42 @@ do {
     check(Thread.spawn(processor: count) { 0 } == nil, "a thread bound to a CPU that does not exist is refused")
 }
 
-// 4. Spreading: N unbound threads that keep their CPU busy (yielding only
-// to each other) until all have started; every CPU must have run one.
+// 4. Spreading: N unbound threads keep their CPUs busy, yielding only to
+// each other, until all N run at the same moment on N different CPUs (the
+// scheduler moves a thread that gives way to an idle CPU, and idle CPUs
+// steal); every CPU then runs one of them. Each records every CPU it ran on.
 do {
-    let started = Atomic<Int>(0)
-    nonisolated(unsafe) var firstCPU = [Int](repeating: -1, count: count)
+    // Raw memory: threads on several CPUs write their own slots while
+    // others read (an Array could copy on write under them).
+    let runningOn = UnsafeMutablePointer<Int>.allocate(capacity: count)
+    runningOn.initialize(repeating: -1, count: count)
+    let ranOn = UnsafeMutablePointer<UInt64>.allocate(capacity: count)
+    ranOn.initialize(repeating: 0, count: count)
     var threads: [Thread] = []
     for index in 0..<count {
         threads.append(Thread.spawn(name: "spread") {
-            firstCPU[index] = Rumprun.currentProcessor
-            started.wrappingAdd(1, ordering: .relaxed)
-            // Busy until every one of them runs (a yield lets a thread
-            // queued behind this one on the same CPU start).
             let deadline = Clock.monotonic &+ 120_000_000_000
-            while started.load(ordering: .relaxed) < count && Clock.monotonic < deadline { Thread.yield() }
+            while Clock.monotonic < deadline {
+                let cpu = Rumprun.currentProcessor
+                runningOn[index] = cpu
+                ranOn[index] |= 1 << UInt64(cpu)
+                var distinct: UInt64 = 0
+                for other in 0..<count where runningOn[other] >= 0 { distinct |= 1 << UInt64(runningOn[other]) }
+                if distinct.nonzeroBitCount == count { break }
+                Thread.yield()
+            }
             var sum: UInt64 = 0
             for value in 0..<200_000 { sum &+= UInt64(value) &* 2_654_435_761 }
             return Int(truncatingIfNeeded: sum & 1)
         }!)
     }
     join(threads)
-    var used = [Bool](repeating: false, count: count)
-    for cpu in firstCPU where cpu >= 0 { used[cpu] = true }
-    let cpusUsed = used.filter { $0 }.count
-    print("smpsched: \(count) busy unbound threads started on \(cpusUsed) of \(count) cpus")
-    check(cpusUsed == count, "unbound threads spread over every CPU")
+    var distinct: UInt64 = 0
+    for index in 0..<count where runningOn[index] >= 0 { distinct |= 1 << UInt64(runningOn[index]) }
+    var union: UInt64 = 0
+    for index in 0..<count { union |= ranOn[index] }
+    print("smpsched: \(count) busy unbound threads ran on \(union.nonzeroBitCount) of \(count) cpus, \(distinct.nonzeroBitCount) at once")
+    check(union.nonzeroBitCount == count && distinct.nonzeroBitCount == count, "unbound threads spread over every CPU")
 }
 
 // 5. Semaphore with 2 units under contention from 3N threads.
@@ -169,9 +189,6 @@ do {
     let threadCount = 3 * count
     let rounds = 60
     let semaphore = Semaphore(count: units)
-    let inside = Atomic<Int>(0)
-    let most = Atomic<Int>(0)
-    let passes = Atomic<Int>(0)
     var threads: [Thread] = []
     for _ in 0..<threadCount {
         threads.append(Thread.spawn(name: "sem") {
@@ -203,9 +220,6 @@ do {
 // read-modify-write, readers check that no writer is inside.
 do {
     let lock = ReadWriteLock()
-    let writersInside = Atomic<Int>(0)
-    let readersInside = Atomic<Int>(0)
-    let violations = Atomic<Int>(0)
     nonisolated(unsafe) var value = 0
     let writerRounds = 60
     var threads: [Thread] = []
@@ -246,7 +260,6 @@ do {
 // (on any CPU) wakes it 200 times; each wake must be seen.
 do {
     let rounds = 200
-    let acknowledged = Atomic<Int>(0)
     let last = count - 1
     let sleeper = Thread.spawn(name: "sleeper", processor: last) {
         var woken = 0
