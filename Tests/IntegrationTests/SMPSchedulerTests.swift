@@ -3,7 +3,8 @@
 // mutex and with atomics, condition ping-pong between threads bound to CPU 0
 // and CPU 1, bound threads that never run elsewhere, unbound threads that
 // spread over all CPUs, semaphores and read-write locks under contention,
-// and block/wake across CPUs. The guest exits with its failure count.
+// block/wake across CPUs, and console lines printed at once from every CPU
+// arriving whole. The guest exits with its failure count.
 import Foundation
 import Testing
 
@@ -28,6 +29,12 @@ extension Integration {
         #expect(run.stdout.contains("smpsched: semaphore of 2: \(3 * processors * 60) passes of \(3 * processors * 60), at most "), "\(console)")
         #expect(run.stdout.contains("smpsched: rwlock: value \(processors * 60) of \(processors * 60), 0 violations\n"), "\(console)")
         #expect(run.stdout.contains("smpsched: block/wake on cpu \(processors - 1): 200 of 200 wakes seen\n"), "\(console)")
+        // Lines printed at once by threads on every CPU arrive whole.
+        let printed = run.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
+            .filter { $0.contains("smpsched-line") }
+        #expect(printed.count == processors * 20, "\(console)")
+        let whole = printed.filter { $0.hasPrefix("smpsched-line cpu ") && $0.hasSuffix(" abcdefghijklmnopqrstuvwxyz0123456789 end") }
+        #expect(whole.count == processors * 20, "\(console)")
         #expect(!run.stdout.contains("FAIL"), "\(console)")
         #expect(run.stdout.contains("smpsched: 0 failures\n"), "\(console)")
         #expect(run.status == 0, "\(console)")

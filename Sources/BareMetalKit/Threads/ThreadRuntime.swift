@@ -203,6 +203,7 @@ public enum ThreadRuntime {
         }
         let flags = cpu_save_and_disable_interrupts()
         _ = lock.lock()
+        ConsoleLines.start(processors: count)
         scheduler = Scheduler(priorityLevels: 4, processors: count)
         processorCount = count
         processors = states
@@ -427,6 +428,7 @@ public enum ThreadRuntime {
         scheduler.advanceTime(to: SystemClock.monotonicNanoseconds)
         let next = scheduler.schedule()
         if next == me.id { return }
+        ConsoleLines.flushCurrentProcessor()
         state.pointee.switchFlags = flags
         sendWakeUps(scheduler.takeKicks())
         if let next {

@@ -280,6 +280,22 @@ do {
     check(woken == rounds, "block and wake across CPUs")
 }
 
+// 8. Console lines: one thread per CPU prints 20 lines at once; the
+// integration test checks that every line arrived whole.
+do {
+    var printers: [Thread] = []
+    for cpu in 0..<count {
+        printers.append(Thread.spawn(name: "printer", processor: cpu) {
+            for line in 0..<20 {
+                print("smpsched-line cpu \(cpu) line \(line) abcdefghijklmnopqrstuvwxyz0123456789 end")
+                if line % 5 == 0 { Thread.yield() }
+            }
+            return 0
+        }!)
+    }
+    join(printers)
+}
+
 print("smpsched: \(Thread.steals) steals, \(Thread.contextSwitches) context switches")
 print("smpsched: \(failures) failures")
 Rumprun.exit(failures)
