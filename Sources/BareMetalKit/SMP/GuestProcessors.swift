@@ -188,12 +188,24 @@ public enum Processors {
     }
 
     /// Runs `work(argument)` on CPU `index` (an AP): waits until its mailbox
-    /// is empty, posts, and sends the wake-up IPI. Returns false for an
+    /// is empty, posts, and sends the wake-up IPI. The AP runs it from its
+    /// idle loop, between threads. A caller that is itself on CPU `index`
+    /// (a thread the scheduler placed there) runs the work at once, since
+    /// its CPU's idle loop cannot run while it waits. Returns false for an
     /// index that is not an online AP.
     @discardableResult
     public static func run(on index: Int, _ work: @convention(c) (UInt64) -> Void, argument: UInt64) -> Bool {
         guard let blocks, index > 0, index < onlineCount else { return false }
         let block = blocks + index
+        if index == currentIndex {
+            // Work another CPU posted here first keeps its place in line.
+            let flags = cpu_save_and_disable_interrupts()
+            _ = runPostedWork(on: index)
+            cpu_restore_interrupts(flags)
+            work(argument)
+            volatileStore(&block.pointee.completed, volatileLoad(&block.pointee.completed) + 1)
+            return true
+        }
         while volatileLoad(&block.pointee.mailboxWork) != 0 {
             TLBShootdown.answerPending()
             cpu_pause()
