@@ -20,7 +20,7 @@ extension Integration {
         let console = "\(run.stdout)\n\(run.stderr)"
         #expect(run.stdout.contains("smpsched: \(processors) cpus online, threads run on \(processors)\n"), "\(console)")
         let locked = 2 * processors * 400
-        let atomic = 2 * processors * 20_000
+        let atomic = 2 * processors * 40_000
         #expect(run.stdout.contains("smpsched: mutex total \(locked) of \(locked), atomic total \(atomic) of \(atomic)\n"), "\(console)")
         let pong = processors > 1 ? 1 : 0
         #expect(run.stdout.contains("smpsched: ping-pong cpu 0 and cpu \(pong): 1000 turns of 1000, 0 on the wrong cpu\n"), "\(console)")
@@ -32,9 +32,9 @@ extension Integration {
         // Lines printed at once by threads on every CPU arrive whole.
         let printed = run.stdout.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }
             .filter { $0.contains("smpsched-line") }
-        #expect(printed.count == processors * 20, "\(console)")
+        #expect(printed.count == processors * 40, "\(console)")
         let whole = printed.filter { $0.hasPrefix("smpsched-line cpu ") && $0.hasSuffix(" abcdefghijklmnopqrstuvwxyz0123456789 end") }
-        #expect(whole.count == processors * 20, "\(console)")
+        #expect(whole.count == processors * 40, "\(console)")
         #expect(!run.stdout.contains("FAIL"), "\(console)")
         #expect(run.stdout.contains("smpsched: 0 failures\n"), "\(console)")
         #expect(run.status == 0, "\(console)")

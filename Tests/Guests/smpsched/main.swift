@@ -21,6 +21,7 @@ let violations = Atomic<Int>(0)
 let acknowledged = Atomic<Int>(0)
 let readersInside = Atomic<Int>(0)
 let most = Atomic<Int>(0)
+let printersReady = Atomic<Int>(0)
 nonisolated(unsafe) var failures: Int32 = 0
 
 func check(_ condition: Bool, _ message: String) {
@@ -280,15 +281,17 @@ do {
     check(woken == rounds, "block and wake across CPUs")
 }
 
-// 8. Console lines: one thread per CPU prints 20 lines at once; the
-// integration test checks that every line arrived whole.
+// 8. Console lines: one thread per CPU; once all run, each prints 40
+// lines at once; the integration test checks that every line arrived whole.
 do {
     var printers: [Thread] = []
     for cpu in 0..<count {
         printers.append(Thread.spawn(name: "printer", processor: cpu) {
-            for line in 0..<20 {
+            printersReady.wrappingAdd(1, ordering: .relaxed)
+            let deadline = Clock.monotonic &+ 60_000_000_000
+            while printersReady.load(ordering: .relaxed) < count && Clock.monotonic < deadline { Thread.yield() }
+            for line in 0..<40 {
                 print("smpsched-line cpu \(cpu) line \(line) abcdefghijklmnopqrstuvwxyz0123456789 end")
-                if line % 5 == 0 { Thread.yield() }
             }
             return 0
         }!)
