@@ -20,7 +20,7 @@ extension Integration {
         let console = "\(run.stdout)\n\(run.stderr)"
         #expect(run.stdout.contains("smpsched: \(processors) cpus online, threads run on \(processors)\n"), "\(console)")
         let locked = 2 * processors * 400
-        let atomic = 2 * processors * 40_000
+        let atomic = 2 * processors * 20_000
         #expect(run.stdout.contains("smpsched: mutex total \(locked) of \(locked), atomic total \(atomic) of \(atomic)\n"), "\(console)")
         let pong = processors > 1 ? 1 : 0
         #expect(run.stdout.contains("smpsched: ping-pong cpu 0 and cpu \(pong): 1000 turns of 1000, 0 on the wrong cpu\n"), "\(console)")
