@@ -39,4 +39,26 @@ extension Integration {
         #expect(run.stdout.contains("smpsched: 0 failures\n"), "\(console)")
         #expect(run.status == 0, "\(console)")
     }
+
+    /// The one-CPU thread guest on two CPUs, with FSGSBASE offered: its
+    /// threads move between the CPUs, and every thread keeps its own TLS
+    /// (FS base loaded with WRFSBASE on the AP too), mutex and read-write
+    /// lock counts stay exact. Its ordering checks assume one CPU and are
+    /// not looked at here.
+    @Test(arguments: ["", "-cpu max"])
+    func threadLocalStorageAndLocksHoldOnTwoProcessors(cpu: String) throws {
+        let image = try Integration.threads.get()
+        var arguments = ["run", "qemu", "-i", "--timeout", "300", "--machine", "pc", "--smp", "2"]
+        if !cpu.isEmpty { arguments += ["-g", cpu] }
+        let run = try Integration.run(arguments + [image])
+        let console = "\(run.stdout)\n\(run.stderr)"
+        #expect(run.stdout.contains("tls: 10 threads x 1000 yields kept their values (mismatches 0)"), "\(console)")
+        #expect(run.stdout.contains("tls: FS base written with " + (cpu.isEmpty ? "wrmsr" : "wrfsbase")), "\(console)")
+        #expect(run.stdout.contains("mutex: count 5000 of 5000"), "\(console)")
+        #expect(run.stdout.contains("rwlock: count 1200 of 1200, violations 0"), "\(console)")
+        #expect(run.stdout.contains("semaphore: 1000 produced, 1000 consumed"), "\(console)")
+        #expect(run.stdout.contains("threads: "), "\(console)")
+        #expect(run.status == 0 || run.status == 1, "\(console)")  // 1: the one-CPU ordering checks
+        #expect(!run.stdout.contains("panic") && !run.stdout.contains("exception"), "\(console)")
+    }
 }
