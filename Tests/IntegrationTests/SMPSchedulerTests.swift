@@ -61,4 +61,21 @@ extension Integration {
         #expect(run.status == 0 || run.status == 1, "\(console)")  // 1: the one-CPU ordering checks
         #expect(!run.stdout.contains("panic") && !run.stdout.contains("exception"), "\(console)")
     }
+
+    /// The rumpuser conformance guest (its fake kernel's threads, locks,
+    /// condition variables, block I/O and a PCI interrupt handled on the
+    /// interrupt thread) on 3 and 4 CPUs. Its one check written for one CPU
+    /// is `_RUMPUSER_NCPU == "1"`: here it must report N instead, and be the
+    /// only failure. Before the interrupt layer sent device lines to the
+    /// boot CPU's APIC ID (not the ID of the CPU that registered them), a
+    /// driver set up by a thread on an AP never saw an interrupt (0 of 100).
+    @Test(arguments: [3, 4])
+    func rumpuserConformanceOnSeveralProcessors(processors: Int) throws {
+        let run = try RumpUserGuestImage.run(machine: "pc", ["--smp", String(processors), "-e", "RUMPTEST_PCI_IRQ=1", "-I", "net0,e1000,user"])
+        let console = "\(run.stdout)\n\(run.stderr)"
+        #expect(run.stdout.contains("NCPU: 0 '\(processors)'"), "\(console)")
+        #expect(run.stdout.contains("pci: 100 interrupts handled on the interrupt thread, 0 unclaimed calls"), "\(console)")
+        #expect(run.stdout.contains(" checks, 1 failures"), "\(console)")
+        #expect(run.status == 1, "\(console)")
+    }
 }

@@ -56,6 +56,14 @@ public enum Interrupts {
 
     nonisolated(unsafe) public internal(set) static var isRunning = false
     nonisolated(unsafe) public internal(set) static var localAPIC: LocalAPIC? = nil
+    /// The boot CPU's APIC ID, where device lines and MSIs are sent. Read
+    /// once in `start`: `localAPIC.id` reads the ID of whichever CPU runs
+    /// the code, and drivers may be set up by a thread on an AP.
+    nonisolated(unsafe) public internal(set) static var bootProcessorAPICID: UInt32 = 0
+    /// Over the I/O APICs' index/data register pairs: a thread on an AP
+    /// (rump's interrupt thread) unmasks a line while the boot CPU's
+    /// handler masks another.
+    static let ioAPICLock = TicketLock()
     nonisolated(unsafe) public internal(set) static var routing: InterruptRouting? = nil
     nonisolated(unsafe) static var ioAPICs: [IOAPIC<MMIORegisters>] = []
     nonisolated(unsafe) static var allocator = InterruptVectorAllocator()
@@ -130,6 +138,7 @@ public enum Interrupts {
         let apic = LocalAPIC(x2APIC: cpu.has(.x2apic))
         apic.enable(spuriousVector: InterruptVectors.spurious, errorVector: InterruptVectors.apicError)
         localAPIC = apic
+        bootProcessorAPICID = apic.id
         if var table = routing {
             for index in table.controllers.indices {
                 let controller = table.controllers[index]
@@ -214,7 +223,7 @@ public enum Interrupts {
 
     /// The MSI message that raises `vector` on this CPU (edge, fixed).
     public static func message(vector: UInt8) -> MSIMessage {
-        MSIMessage(vector: vector, destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
+        MSIMessage(vector: vector, destination: UInt8(truncatingIfNeeded: bootProcessorAPICID))
     }
 
     /// Routes ISA IRQ `irq` (after the MADT's overrides) to a new vector
@@ -274,16 +283,16 @@ public enum Interrupts {
         withInterruptsDisabled { lineOfVector[Int(registration.vector)] = line }
         var entry = IOAPICRedirectionEntry(
             vector: registration.vector, activeLow: line.activeLow, levelTriggered: line.levelTriggered, masked: false,
-            destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
+            destination: UInt8(truncatingIfNeeded: bootProcessorAPICID))
         entry.deliveryMode = .fixed
-        withInterruptsDisabled { ioAPICs[line.controller].setEntry(pin: line.pin, entry) }
+        ioAPICLock.withLock { ioAPICs[line.controller].setEntry(pin: line.pin, entry) }
         return InterruptRegistration(vector: registration.vector, line: line)
     }
 
     /// Masks or unmasks the I/O APIC line of a registration.
     public static func setMasked(_ registration: InterruptRegistration, _ masked: Bool) {
         guard let line = registration.line, line.controller < ioAPICs.count else { return }
-        withInterruptsDisabled { ioAPICs[line.controller].setMasked(pin: line.pin, masked) }
+        ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, masked) }
     }
 
     /// Removes the handler; the last one of a vector also masks the line
@@ -294,7 +303,7 @@ public enum Interrupts {
             handlers[base + registration.slot] = nil
             for slot in 0..<handlersPerVector where handlers[base + slot] != nil { return }
             if let line = registration.line, line.controller < ioAPICs.count {
-                ioAPICs[line.controller].setMasked(pin: line.pin, true)
+                ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, true) }
             }
             lineOfVector[Int(registration.vector)] = nil
             try? allocator.free(registration.vector)
@@ -304,7 +313,7 @@ public enum Interrupts {
     /// The redirection entry programmed for a line (for diagnostics).
     public static func redirectionEntry(_ line: InterruptLine) -> IOAPICRedirectionEntry? {
         guard line.controller < ioAPICs.count else { return nil }
-        return ioAPICs[line.controller].entry(pin: line.pin)
+        return ioAPICLock.withLock { ioAPICs[line.controller].entry(pin: line.pin) }
     }
 
     /// Sends a fixed IPI with `vector` to this CPU.
@@ -415,7 +424,7 @@ public enum Interrupts {
         Platform.write("rumprun: interrupt storm on vector ")
         Platform.writeHex(UInt64(vector))
         if let line = lineOfVector[Int(vector)], line.controller < ioAPICs.count {
-            ioAPICs[line.controller].setMasked(pin: line.pin, true)
+            ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, true) }
             Platform.write(" (GSI ")
             Platform.writeDecimal(UInt64(line.globalSystemInterrupt))
             Platform.write("): line masked\n")
