@@ -71,6 +71,7 @@ public enum Platform {
 
     /// Ends the guest with an application exit status.
     public static func exit(_ status: Int32) -> Never {
+        ConsoleLines.flushCurrentProcessor()
         halt(portValue: GuestExit.portValue(forStatus: status))
     }
 
@@ -254,6 +255,7 @@ public func stackSmashed() -> Never {
 @_cdecl("putchar")
 public func putchar(_ character: CInt) -> CInt {
     let byte = UInt8(truncatingIfNeeded: character)
+    if ConsoleLines.put(byte) { return character }  // several CPUs: whole lines (SMP/ConsoleLines.swift)
     if byte == 0x0A { Platform.console.write(0x0D) }
     Platform.console.write(byte)
     return character

@@ -49,8 +49,8 @@ public func rumpuserClockSleep(_ clock: Int32, _ seconds: Int64, _ nanoseconds: 
 
 // MARK: Parameters
 
-/// `_RUMPUSER_NCPU`: the CPUs the guest runs threads on (one: the hw
-/// platform schedules on the boot CPU). `_RUMPUSER_HOSTNAME`: the guest
+/// `_RUMPUSER_NCPU`: the CPUs the guest runs threads on (every CPU that
+/// came up at boot). `_RUMPUSER_HOSTNAME`: the guest
 /// configuration's host name, truncated to the buffer. Other names starting
 /// with `_` are unknown (EINVAL); the rest are environment variables of the
 /// guest configuration (unset: ENOENT; too long for the buffer: ERANGE).
@@ -182,6 +182,6 @@ public func rumpuserSpFini(_ arg: UnsafeMutableRawPointer?) {}
 
 /// Facts about the guest implementation for applications and tests.
 public enum GuestRumpUser {
-    /// What `_RUMPUSER_NCPU` reports: threads run on the boot CPU only.
-    public static var processorCount: Int { 1 }
+    /// What `_RUMPUSER_NCPU` reports: the CPUs the scheduler runs threads on.
+    public static var processorCount: Int { ThreadRuntime.processorsForThreads }
 }

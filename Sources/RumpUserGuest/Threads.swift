@@ -1,7 +1,7 @@
 // Threads: rumpuser_thread_create/exit/join on guest threads (rumpuser(3)
 // "Threads"). The join cookie is the guest thread's control block, retained
-// until the join. Priority and CPU index are hints: the hw platform runs
-// every thread at normal priority on the boot CPU.
+// until the join. Priority is a hint (every thread runs at normal
+// priority); a CPU index binds the thread to that CPU (-1: any CPU).
 import BareMetalKit
 import CRumpUserGuest
 
@@ -21,9 +21,13 @@ public func rumpuserThreadCreate(
     guard let function else { return NetBSDError.EINVAL }
     if mustJoin != 0 && cookie == nil { return NetBSDError.EINVAL }
     let threadName = name.map { bytes(of: $0, limit: GuestThreads.maximumNameLength) } ?? bytes(of: "rumpthread")
+    if processor < -1 || Int(processor) >= ThreadRuntime.processorsForThreads { return NetBSDError.EINVAL }
     let control: ThreadControl
     do throws(ThreadError) {
-        control = try ThreadRuntime.spawn(name: threadName, priority: ThreadRuntime.normalPriority, stackSize: GuestThreads.stackSize) {
+        control = try ThreadRuntime.spawn(
+            name: threadName, priority: ThreadRuntime.normalPriority, stackSize: GuestThreads.stackSize,
+            processor: processor < 0 ? nil : Int(processor)
+        ) {
             _ = function(argument)
             return 0
         }

@@ -61,14 +61,17 @@ func currentThread() -> ThreadID {
     return thread.id
 }
 
-/// Runs `body` with interrupts disabled (the bookkeeping of locks is never
-/// touched by interrupt handlers; this keeps it consistent under preemption).
+/// The one interlock over the bookkeeping of rumpuser locks, condition
+/// variables and the block I/O queue: threads on several CPUs use them.
+enum GuestInterlock {
+    static let lock = RecursiveTicketLock()
+}
+
+/// Runs `body` holding the guest interlock, with interrupts disabled (a
+/// ticket lock, recursive on one CPU: a section may call another).
 @inline(__always)
 func critical<Result>(_ body: () -> Result) -> Result {
-    let flags = cpu_save_and_disable_interrupts()
-    let result = body()
-    cpu_restore_interrupts(flags)
-    return result
+    GuestInterlock.lock.withLock(body)
 }
 
 /// The bytes of a NUL-terminated C string.

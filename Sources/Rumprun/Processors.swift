@@ -4,7 +4,8 @@ import BareMetalKit
 
 extension Rumprun {
     /// CPUs online (the boot processor and every application processor
-    /// that answered at boot; `rumprun-cli run --smp N`).
+    /// that answered at boot; `rumprun-cli run --smp N`). Threads run on
+    /// all of them.
     public static var processorCount: Int { Processors.count }
 
     /// The running CPU's index, 0 for the boot processor.

@@ -1,8 +1,10 @@
 // Threads: the application API for guest threads and synchronisation:
 // Thread (spawn, join with a return value, detach, yield, sleep, exit,
 // block/wake), Mutex, Condition (with timed wait), Semaphore, ReadWriteLock,
-// WaitQueue and ThreadLocal. Cooperative on one CPU: a thread runs until it
-// yields, sleeps, waits or exits. Guest only (BareMetalKit ThreadRuntime).
+// WaitQueue and ThreadLocal. Threads run on every CPU that came up at boot
+// (unbound) or on one CPU (bound at spawn); on its CPU a thread runs until
+// it yields, sleeps, waits or exits (no preemption). Guest only
+// (BareMetalKit ThreadRuntime).
 #if hasFeature(Embedded)
 import BareMetalKit
 
@@ -20,16 +22,23 @@ public struct Thread {
 
     /// Starts `body` on a new thread with a stack of `stackSize` bytes
     /// (whole pages, an unmapped guard page below it). Its return value is
-    /// what `join` returns. Nil when memory for the stack ran out.
+    /// what `join` returns. `processor` binds the thread to that CPU
+    /// (0 ..< `Rumprun.processorCount`); nil lets it run on any CPU. Nil
+    /// when memory for the stack ran out or the CPU does not exist.
     public static func spawn(
-        name: String = "thread", priority: Priority = .normal, stackSize: Int = 64 * 1024, _ body: @escaping () -> Int
+        name: String = "thread", priority: Priority = .normal, stackSize: Int = 64 * 1024, processor: Int? = nil,
+        _ body: @escaping () -> Int
     ) -> Thread? {
         do throws(ThreadError) {
-            return Thread(control: try ThreadRuntime.spawn(name: Array(name.utf8), priority: priority.rawValue, stackSize: stackSize, body: body))
+            return Thread(control: try ThreadRuntime.spawn(
+                name: Array(name.utf8), priority: priority.rawValue, stackSize: stackSize, processor: processor, body: body))
         } catch {
             return nil
         }
     }
+
+    /// The CPU the thread is bound to (nil: any CPU).
+    public var processor: Int? { control.processor }
 
     /// Waits for the thread to end and returns its value (a thread can be
     /// joined once; joining itself or twice stops the guest with a panic).
@@ -85,6 +94,9 @@ public struct Thread {
 
     /// Context switches since boot.
     public static var contextSwitches: UInt64 { ThreadRuntime.contextSwitches }
+
+    /// Unbound threads a CPU with nothing to run took from another CPU's queue.
+    public static var steals: UInt64 { ThreadRuntime.steals }
 }
 
 /// A mutex that sleeps (hands off in FIFO order).

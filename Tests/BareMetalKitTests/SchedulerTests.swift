@@ -216,7 +216,7 @@ struct SchedulerTests {
                 if let owner = owners.first { #expect(scheduler.owner(of: mutex) == owner) }
             }
             #expect(threads.filter { scheduler.state(of: $0) == .running }.count <= 1)
-            let queued = scheduler.runQueues.flatMap { $0 }
+            let queued = scheduler.runQueues.flatMap { $0 }.flatMap { $0 }
             #expect(Set(queued).count == queued.count)
             for thread in threads {
                 #expect((scheduler.state(of: thread) == .runnable) == queued.contains(thread))

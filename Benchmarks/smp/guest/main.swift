@@ -1,7 +1,10 @@
 // smp benchmark guest: a CPU-bound parallel workload (FNV-1a over 64 blocks
-// of 64 KiB, block i hashed by CPU i mod N) timed with the TSC, the same work
-// on the boot CPU alone as the baseline in the same run, and the cross-CPU
-// wake-up latency (post work + IPI until the AP runs it) beside a plain call.
+// of 64 KiB) timed with the TSC: on the boot CPU alone as the baseline,
+// split over the CPUs through the mailboxes (block i on CPU i mod N), and
+// split over N unbound threads through the scheduler; then the cross-CPU
+// wake-up latency of mailbox work (post + IPI until the AP runs it) and of
+// threads (condition signal by a thread on CPU 0 until the waiter, bound to
+// CPU 1, runs), each beside its same-CPU counterpart.
 import BareMetalKit
 import CPUPrimitives
 import Rumprun
@@ -63,6 +66,81 @@ print("smp-bench: serial \(nanoseconds(serialTicks)) \(unit), parallel \(nanosec
 if serialHash != parallelHash {
     print("smp-bench: parallel result differs from the serial one")
     Rumprun.exit(1)
+}
+
+// Threads through the scheduler: N unbound threads, thread k hashing
+// blocks k, k+N, ... (the scheduler places them; none is bound).
+results = [UInt64](repeating: 0, count: blockCount)
+let stealsBefore = Thread.steals
+start = cpu_rdtsc()
+var workers: [Thread] = []
+for worker in 0..<cpuCount {
+    workers.append(Thread.spawn(name: "hash") {
+        var index = worker
+        while index < blockCount {
+            results[index] = hashBlock(index)
+            index += cpuCount
+        }
+        return 0
+    }!)
+}
+for worker in workers { _ = worker.join() }
+let threadTicks = cpu_rdtsc() - start
+let threadHash = combined()
+let threadSpeedup = serialTicks * 100 / max(threadTicks, 1)
+print("smp-bench: threads \(cpuCount) unbound on \(cpuCount) cpus: \(nanoseconds(threadTicks)) \(unit), speedup x\(threadSpeedup / 100).\(threadSpeedup % 100 < 10 ? "0" : "")\(threadSpeedup % 100) over serial, \(Thread.steals - stealsBefore) steals")
+if serialHash != threadHash {
+    print("smp-bench: threaded result differs from the serial one")
+    Rumprun.exit(1)
+}
+
+// Thread wake-up latency: a thread bound to `signaller` stamps the TSC and
+// signals; the waiter, bound to `waiterCPU`, stamps when it runs again.
+let wakeMutex = Mutex()
+let wakeCondition = Condition()
+nonisolated(unsafe) var wakeSequence = 0
+nonisolated(unsafe) var wakeSent: UInt64 = 0
+nonisolated(unsafe) var wakeSamples: [UInt64] = []
+let wakeAcknowledged = Atomic<Int>(0)
+func threadWakeLatency(signaller: Int, waiterCPU: Int, rounds: Int) -> [UInt64] {
+    wakeSequence = 0
+    wakeSamples = []
+    wakeAcknowledged.store(0, ordering: .relaxed)
+    let waiter = Thread.spawn(name: "waiter", processor: waiterCPU) {
+        var seen = 0
+        wakeMutex.lock()
+        while seen < rounds {
+            while wakeSequence == seen { wakeCondition.wait(wakeMutex) }
+            wakeSamples.append(cpu_rdtsc() &- wakeSent)
+            seen = wakeSequence
+            wakeAcknowledged.store(seen, ordering: .releasing)
+        }
+        wakeMutex.unlock()
+        return 0
+    }!
+    let sender = Thread.spawn(name: "signaller", processor: signaller) {
+        for round in 1...rounds {
+            // Let the waiter block first (it acknowledged the last round).
+            while wakeAcknowledged.load(ordering: .acquiring) < round - 1 { Thread.yield() }
+            Thread.sleep(nanoseconds: 20_000)
+            wakeMutex.lock()
+            wakeSequence = round
+            wakeSent = cpu_rdtsc()
+            wakeCondition.signal()
+            wakeMutex.unlock()
+        }
+        return 0
+    }!
+    _ = sender.join()
+    _ = waiter.join()
+    return wakeSamples.sorted()
+}
+let sameCPU = threadWakeLatency(signaller: 0, waiterCPU: 0, rounds: 200)
+if cpuCount > 1 {
+    let crossCPU = threadWakeLatency(signaller: 0, waiterCPU: 1, rounds: 200)
+    print("smp-bench: thread wake-up cpu 0 -> cpu 1 median \(nanoseconds(crossCPU[100])) \(unit), p90 \(nanoseconds(crossCPU[180])) \(unit); same cpu median \(nanoseconds(sameCPU[100])) \(unit)")
+} else {
+    print("smp-bench: thread wake-up same cpu median \(nanoseconds(sameCPU[100])) \(unit), p90 \(nanoseconds(sameCPU[180])) \(unit)")
 }
 
 // Wake-up latency: TSC when the AP starts the work minus TSC before posting.

@@ -56,6 +56,14 @@ public enum Interrupts {
 
     nonisolated(unsafe) public internal(set) static var isRunning = false
     nonisolated(unsafe) public internal(set) static var localAPIC: LocalAPIC? = nil
+    /// The boot CPU's APIC ID, where device lines and MSIs are sent. Read
+    /// once in `start`: `localAPIC.id` reads the ID of whichever CPU runs
+    /// the code, and drivers may be set up by a thread on an AP.
+    nonisolated(unsafe) public internal(set) static var bootProcessorAPICID: UInt32 = 0
+    /// Over the I/O APICs' index/data register pairs: a thread on an AP
+    /// (rump's interrupt thread) unmasks a line while the boot CPU's
+    /// handler masks another.
+    static let ioAPICLock = TicketLock()
     nonisolated(unsafe) public internal(set) static var routing: InterruptRouting? = nil
     nonisolated(unsafe) static var ioAPICs: [IOAPIC<MMIORegisters>] = []
     nonisolated(unsafe) static var allocator = InterruptVectorAllocator()
@@ -74,9 +82,20 @@ public enum Interrupts {
     /// TSC ticks `start()` took (firmware tables, APICs); boot pays this.
     nonisolated(unsafe) public internal(set) static var startTicks: UInt64 = 0
 
-    /// Set by a device interrupt (not the timer); `ProcessorIdle.wait`
-    /// returns when it finds it set, and clears it.
-    nonisolated(unsafe) static var wakePending = false
+    /// Per CPU: set by a device interrupt or a wake-up IPI (not the
+    /// timer) on that CPU; `ProcessorIdle.wait` returns when it finds its
+    /// CPU's flag set, and clears it.
+    nonisolated(unsafe) static var wakePending = UnsafeMutablePointer<Bool>.allocate(capacity: Processors.limit)
+    /// Interrupts taken by each AP (index 0 unused). The counters above
+    /// (`statistics`, `count(vector:)`) are the boot CPU's alone: only it
+    /// takes device interrupts, and no two CPUs write one counter.
+    nonisolated(unsafe) static var applicationProcessorCounts = UnsafeMutablePointer<UInt64>.allocate(capacity: Processors.limit)
+
+    /// Interrupts (IPIs, timer) taken by CPU `index` > 0.
+    public static func interruptsTaken(on index: Int) -> UInt64 {
+        guard isRunning, index > 0, index < Processors.limit else { return 0 }
+        return applicationProcessorCounts[index]
+    }
 
     /// The scheduler's hook: called after every claimed device interrupt
     /// and IPI, on the interrupt stack with interrupts disabled, after the
@@ -105,6 +124,8 @@ public enum Interrupts {
         unclaimedRun.initialize(repeating: 0, count: 256)
         perVector.initialize(repeating: 0, count: 256)
         silenced.initialize(repeating: false, count: 256)
+        wakePending.initialize(repeating: false, count: Processors.limit)
+        applicationProcessorCounts.initialize(repeating: 0, count: Processors.limit)
         let firmware = Platform.firmware
         routing = firmware.interruptRouting
         if let pointer = firmware.multiprocessor?.floatingPointer, pointer.imcrPresent {
@@ -117,6 +138,7 @@ public enum Interrupts {
         let apic = LocalAPIC(x2APIC: cpu.has(.x2apic))
         apic.enable(spuriousVector: InterruptVectors.spurious, errorVector: InterruptVectors.apicError)
         localAPIC = apic
+        bootProcessorAPICID = apic.id
         if var table = routing {
             for index in table.controllers.indices {
                 let controller = table.controllers[index]
@@ -201,7 +223,7 @@ public enum Interrupts {
 
     /// The MSI message that raises `vector` on this CPU (edge, fixed).
     public static func message(vector: UInt8) -> MSIMessage {
-        MSIMessage(vector: vector, destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
+        MSIMessage(vector: vector, destination: UInt8(truncatingIfNeeded: bootProcessorAPICID))
     }
 
     /// Routes ISA IRQ `irq` (after the MADT's overrides) to a new vector
@@ -261,16 +283,16 @@ public enum Interrupts {
         withInterruptsDisabled { lineOfVector[Int(registration.vector)] = line }
         var entry = IOAPICRedirectionEntry(
             vector: registration.vector, activeLow: line.activeLow, levelTriggered: line.levelTriggered, masked: false,
-            destination: UInt8(truncatingIfNeeded: localAPIC?.id ?? 0))
+            destination: UInt8(truncatingIfNeeded: bootProcessorAPICID))
         entry.deliveryMode = .fixed
-        withInterruptsDisabled { ioAPICs[line.controller].setEntry(pin: line.pin, entry) }
+        ioAPICLock.withLock { ioAPICs[line.controller].setEntry(pin: line.pin, entry) }
         return InterruptRegistration(vector: registration.vector, line: line)
     }
 
     /// Masks or unmasks the I/O APIC line of a registration.
     public static func setMasked(_ registration: InterruptRegistration, _ masked: Bool) {
         guard let line = registration.line, line.controller < ioAPICs.count else { return }
-        withInterruptsDisabled { ioAPICs[line.controller].setMasked(pin: line.pin, masked) }
+        ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, masked) }
     }
 
     /// Removes the handler; the last one of a vector also masks the line
@@ -281,7 +303,7 @@ public enum Interrupts {
             handlers[base + registration.slot] = nil
             for slot in 0..<handlersPerVector where handlers[base + slot] != nil { return }
             if let line = registration.line, line.controller < ioAPICs.count {
-                ioAPICs[line.controller].setMasked(pin: line.pin, true)
+                ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, true) }
             }
             lineOfVector[Int(registration.vector)] = nil
             try? allocator.free(registration.vector)
@@ -291,7 +313,7 @@ public enum Interrupts {
     /// The redirection entry programmed for a line (for diagnostics).
     public static func redirectionEntry(_ line: InterruptLine) -> IOAPICRedirectionEntry? {
         guard line.controller < ioAPICs.count else { return nil }
-        return ioAPICs[line.controller].entry(pin: line.pin)
+        return ioAPICLock.withLock { ioAPICs[line.controller].entry(pin: line.pin) }
     }
 
     /// Sends a fixed IPI with `vector` to this CPU.
@@ -302,6 +324,11 @@ public enum Interrupts {
     // MARK: Dispatch
 
     static func dispatch(vector: UInt8) {
+        let processor = Processors.currentIndex
+        if processor != 0 {
+            dispatchOnApplicationProcessor(vector: vector, processor: processor)
+            return
+        }
         statistics.total &+= 1
         guard isRunning else { return }
         perVector[Int(vector)] &+= 1
@@ -318,7 +345,8 @@ public enum Interrupts {
         }
         guard let apic = localAPIC else { return }
         if vector == InterruptVectors.wakeup {
-            // SMP wake-up: ending the target's HLT was its whole job.
+            // SMP wake-up: ends the idle wait (work was queued here).
+            wakePending[0] = true
             apic.endOfInterrupt()
             return
         }
@@ -348,7 +376,7 @@ public enum Interrupts {
             }
             if claimed {
                 unclaimedRun[Int(vector)] = 0
-                wakePending = true
+                wakePending[0] = true
                 wakeHook?()
             } else {
                 statistics.unclaimed &+= 1
@@ -363,6 +391,29 @@ public enum Interrupts {
         if apic.isInService(vector) { apic.endOfInterrupt() }
     }
 
+    /// An AP takes IPIs and its own timer only (device lines and MSIs go
+    /// to the boot CPU); it counts them in its own slot.
+    static func dispatchOnApplicationProcessor(vector: UInt8, processor: Int) {
+        guard isRunning, let apic = localAPIC else { return }
+        applicationProcessorCounts[processor] &+= 1
+        switch vector {
+        case InterruptVectors.spurious:
+            return
+        case InterruptVectors.wakeup:
+            wakePending[processor] = true
+        case InterruptVectors.tlbShootdown:
+            TLBShootdown.answerInterrupt()
+        case InterruptVectors.timer:
+            LocalAPICTimer.expired()
+        case InterruptVectors.apicError:
+            _ = apic.errorStatus()
+        default:
+            if InterruptVectors.isLegacyPIC(vector) { return }
+            if !apic.isInService(vector) { return }
+        }
+        apic.endOfInterrupt()
+    }
+
     /// A storm: mask the line behind `vector`, or disable the handler of an
     /// MSI/IPI vector (its next arrivals count as unhandled), and report.
     /// Nothing is freed here (`unregister` frees, outside interrupts).
@@ -373,7 +424,7 @@ public enum Interrupts {
         Platform.write("rumprun: interrupt storm on vector ")
         Platform.writeHex(UInt64(vector))
         if let line = lineOfVector[Int(vector)], line.controller < ioAPICs.count {
-            ioAPICs[line.controller].setMasked(pin: line.pin, true)
+            ioAPICLock.withLock { ioAPICs[line.controller].setMasked(pin: line.pin, true) }
             Platform.write(" (GSI ")
             Platform.writeDecimal(UInt64(line.globalSystemInterrupt))
             Platform.write("): line masked\n")

@@ -3,7 +3,8 @@
 // interrupt layer running, the wait arms the LAPIC timer for the deadline
 // and executes STI;HLT (no lost wake-up: STI's one-instruction shadow means
 // an interrupt already pending is taken inside the HLT, not before it);
-// before `Interrupts.start()` it is a PAUSE loop on the TSC.
+// before `Interrupts.start()` it is a PAUSE loop on the TSC. Every CPU's
+// idle loop waits here, with its own LAPIC timer and its own wake flag.
 #if hasFeature(Embedded)
 import CPUPrimitives
 
@@ -31,21 +32,24 @@ public enum ProcessorIdle {
         // With no device interrupt registered nothing but the timer can end
         // a wait without deadline: bound it, so that a scheduler over polled
         // drivers keeps polling (as the PAUSE loop did).
+        // Only the boot CPU polls: APs take no device interrupts and are
+        // woken by IPI when a thread is queued for them.
+        let processor = Processors.currentIndex
         var deadline = deadline
-        if deadline == nil && Interrupts.allocator.allocatedCount == 0 {
+        if deadline == nil && processor == 0 && Interrupts.allocator.allocatedCount == 0 {
             deadline = cpu_rdtsc() &+ unboundedWaitLimit
         }
         let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
         while true {
-            if Interrupts.wakePending {
-                Interrupts.wakePending = false
+            if Interrupts.wakePending[processor] {
+                Interrupts.wakePending[processor] = false
                 break
             }
             if let deadline {
                 if cpu_rdtsc() >= deadline { break }
                 LocalAPICTimer.arm(deadline: deadline)
             }
-            Interrupts.statistics.halts &+= 1
+            if processor == 0 { Interrupts.statistics.halts &+= 1 }
             cpu_idle_enable_interrupts_and_halt()
             cpu_disable_interrupts()
         }

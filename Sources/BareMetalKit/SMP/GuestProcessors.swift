@@ -188,12 +188,24 @@ public enum Processors {
     }
 
     /// Runs `work(argument)` on CPU `index` (an AP): waits until its mailbox
-    /// is empty, posts, and sends the wake-up IPI. Returns false for an
+    /// is empty, posts, and sends the wake-up IPI. The AP runs it from its
+    /// idle loop, between threads. A caller that is itself on CPU `index`
+    /// (a thread the scheduler placed there) runs the work at once, since
+    /// its CPU's idle loop cannot run while it waits. Returns false for an
     /// index that is not an online AP.
     @discardableResult
     public static func run(on index: Int, _ work: @convention(c) (UInt64) -> Void, argument: UInt64) -> Bool {
         guard let blocks, index > 0, index < onlineCount else { return false }
         let block = blocks + index
+        if index == currentIndex {
+            // Work another CPU posted here first keeps its place in line.
+            let flags = cpu_save_and_disable_interrupts()
+            _ = runPostedWork(on: index)
+            cpu_restore_interrupts(flags)
+            work(argument)
+            volatileStore(&block.pointee.completed, volatileLoad(&block.pointee.completed) + 1)
+            return true
+        }
         while volatileLoad(&block.pointee.mailboxWork) != 0 {
             TLBShootdown.answerPending()
             cpu_pause()
@@ -247,26 +259,49 @@ public func applicationProcessorMain(_ index: UInt32) -> Never {
     PlatformCore.loadDescriptorTables(Processors.preparedTables[Int(index) - 1])
     cpu_load_idt(UInt64(bmk_idt_address()), UInt16(256 * 16 - 1))
     cpu_wrmsr(0xC000_0101, block.pointee.selfAddress)
-    // This CPU's own APIC, in the boot CPU's mode (xAPIC or x2APIC).
+    // This CPU's own APIC, in the boot CPU's mode (xAPIC or x2APIC), and
+    // its timer in the mode the boot CPU chose (for the idle loop's waits).
     let apic = LocalAPIC(x2APIC: Processors.localAPIC?.isX2APIC ?? false)
     apic.enable(spuriousVector: InterruptVectors.spurious, errorVector: InterruptVectors.apicError)
+    LocalAPICTimer.startOnApplicationProcessor(apic: apic)
     volatileStore(&block.pointee.online, 1)
     cpu_memory_barrier()
     while true {
         cpu_disable_interrupts()
-        let work = volatileLoad(&block.pointee.mailboxWork)
-        if work == 0 {
+        // Once threads exist, the scheduler's idle loop takes over (it
+        // also runs mailbox work); the wake-up IPI of the first thread
+        // queued here ends the halt below.
+        if ThreadRuntime.isRunning { ThreadRuntime.enterOnApplicationProcessor() }
+        if !Processors.runPostedWork(on: Int(index)) {
             // STI's one-instruction shadow: the wake-up IPI cannot slip in
             // between the check and HLT.
             cpu_idle_enable_interrupts_and_halt()
-            continue
         }
+    }
+}
+
+extension Processors {
+    /// Whether work waits in CPU `index`'s mailbox.
+    static func hasPostedWork(on index: Int) -> Bool {
+        guard let blocks, index > 0, index < onlineCount else { return false }
+        return volatileLoad(&blocks[index].mailboxWork) != 0
+    }
+
+    /// Runs the work in this CPU's (`index`) mailbox, if any, with
+    /// interrupts enabled, and counts it done. Called with interrupts
+    /// masked; returns with them masked. False when the mailbox was empty.
+    static func runPostedWork(on index: Int) -> Bool {
+        let block = blocks! + index
+        let work = volatileLoad(&block.pointee.mailboxWork)
+        if work == 0 { return false }
         cpu_enable_interrupts()
         let function = unsafeBitCast(UnsafeRawPointer(bitPattern: UInt(work))!, to: (@convention(c) (UInt64) -> Void).self)
         function(volatileLoad(&block.pointee.mailboxArgument))
         volatileStore(&block.pointee.mailboxWork, 0)
         cpu_memory_barrier()
         volatileStore(&block.pointee.completed, volatileLoad(&block.pointee.completed) + 1)
+        cpu_disable_interrupts()
+        return true
     }
 }
 #endif

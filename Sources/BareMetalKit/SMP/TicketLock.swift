@@ -39,3 +39,33 @@ public struct TicketLock: ~Copyable, Sendable {
     }
 }
 #endif
+
+#if hasFeature(Embedded)
+/// A ticket lock that the CPU holding it may take again (nested sections
+/// on one CPU run without waiting; the outermost one releases it).
+/// Interrupts stay masked while it is held, so nothing on the holding CPU
+/// can switch threads inside it: the holder is the CPU, not a thread.
+public struct RecursiveTicketLock: ~Copyable, Sendable {
+    let lock = TicketLock()
+    /// The holding CPU's index, or -1.
+    let owner = Atomic<Int>(-1)
+
+    public init() {}
+
+    public func withLock<Result>(_ body: () -> Result) -> Result {
+        let flags = cpu_save_and_disable_interrupts()
+        defer { cpu_restore_interrupts(flags) }
+        let me = Processors.currentIndex
+        // Only this CPU ever stores its own index, so seeing it means this
+        // CPU holds the lock already.
+        if owner.load(ordering: .relaxed) == me { return body() }
+        _ = lock.lock()
+        owner.store(me, ordering: .relaxed)
+        defer {
+            owner.store(-1, ordering: .relaxed)
+            lock.unlock(restoring: false)
+        }
+        return body()
+    }
+}
+#endif

@@ -1,11 +1,21 @@
 // Scheduler: the thread state machine of the hw platform as pure logic:
-// runnable/running/blocked/sleeping/exited threads, priority run queues
-// (FIFO within a priority), wait queues, joins, and mutex, condition
+// runnable/running/blocked/sleeping/exited threads, per-CPU priority run
+// queues (FIFO within a priority) with thread affinity and work stealing,
+// wait queues, joins, and mutex, condition
 // variable (with timed wait), semaphore and read-write lock semantics, plus
 // park/unpark (block until woken, with a pending-wake token so a wake from an
 // interrupt handler before the park is not lost) and plain wait queues. The context-switch
 // layer asks it who runs next; it never touches a stack. Semantics follow
 // rumpuser(3) (NetBSD) for the synchronisation objects.
+//
+// Several CPUs share one instance under one lock (ThreadRuntime's). Each
+// operation acts for `activeProcessor`, whose running thread is `current`.
+// A thread made runnable goes to its bound CPU's queue, or (unbound) to an
+// idle CPU, else to the least-loaded queue; a CPU whose own queues are
+// empty steals the oldest unbound thread of the highest priority from the
+// others. Idle CPUs that must look at their queues again, or arm their
+// timer for an earlier deadline, are collected in `kicks` (a bit per CPU)
+// for the runtime to wake with an IPI once it dropped the lock.
 
 /// A thread's identity (an index into the scheduler's table).
 public struct ThreadID: Hashable, Sendable {
@@ -55,9 +65,11 @@ public enum SchedulerError: Error, Equatable {
     case wrongObject(WaitObjectID)
     /// Leaving a read-write lock that is not held that way.
     case notHeld(lock: WaitObjectID)
+    /// A CPU index outside the CPUs the scheduler places threads on.
+    case noSuchProcessor(Int)
 }
 
-/// The scheduler of one CPU.
+/// The scheduler of every CPU (one instance, used under one lock).
 public struct Scheduler {
     struct ThreadRecord {
         var state: ThreadState
@@ -72,6 +84,10 @@ public struct Scheduler {
         var wantsWrite = false
         /// An `unpark` arrived while the thread was not parked.
         var wakePending = false
+        /// The only CPU the thread may run on (nil: any).
+        var affinity: Int? = nil
+        /// The CPU it last ran on (where an unbound thread goes back to).
+        var lastProcessor = 0
     }
 
     enum ObjectKind {
@@ -88,15 +104,88 @@ public struct Scheduler {
 
     var threads: [ThreadRecord] = []
     var objects: [WaitObject] = []
-    /// Run queues by priority (0 lowest); FIFO within each.
-    var runQueues: [[ThreadID]]
+    /// Run queues per CPU, by priority (0 lowest); FIFO within each.
+    var runQueues: [[[ThreadID]]]
     var timers = DeadlineQueue<ThreadID>()
-    public private(set) var current: ThreadID? = nil
+    /// The running thread of each CPU.
+    var runningThreads: [ThreadID?]
+    /// CPUs waiting in their idle loop for work (a thread queued for one of
+    /// them must wake it).
+    var idle: [Bool]
+    /// A new earliest deadline that no idle CPU has armed its timer for.
+    var deadlineChanged = false
     public private(set) var now: UInt64 = 0
+    /// CPUs to wake with an IPI (bit k: CPU k), collected until `takeKicks`.
+    public private(set) var kicks: UInt64 = 0
+    /// The CPU the next operations act for (its `current` thread).
+    public var activeProcessor = 0
+    /// Threads the scheduler moved from one CPU's queue to another's.
+    public private(set) var steals: UInt64 = 0
 
-    /// A scheduler with `priorityLevels` priorities (0 ... levels − 1, higher runs first).
-    public init(priorityLevels: Int = 4) {
-        runQueues = Array(repeating: [], count: max(priorityLevels, 1))
+    /// A scheduler with `priorityLevels` priorities (0 ... levels − 1,
+    /// higher runs first) for `processors` CPUs (1 ... 64).
+    public init(priorityLevels: Int = 4, processors: Int = 1) {
+        let count = min(max(processors, 1), 64)
+        runQueues = Array(repeating: Array(repeating: [], count: max(priorityLevels, 1)), count: count)
+        runningThreads = Array(repeating: nil, count: count)
+        idle = Array(repeating: true, count: count)
+        idle[0] = false
+    }
+
+    /// CPUs the scheduler places threads on.
+    public var processorCount: Int { runningThreads.count }
+
+    /// The thread running on `activeProcessor`.
+    public private(set) var current: ThreadID? {
+        get { runningThreads[activeProcessor] }
+        set { runningThreads[activeProcessor] = newValue }
+    }
+
+    /// The thread running on CPU `processor`.
+    public func running(on processor: Int) -> ThreadID? {
+        processor >= 0 && processor < runningThreads.count ? runningThreads[processor] : nil
+    }
+
+    /// Whether any CPU runs a thread.
+    public var anyThreadRunning: Bool { runningThreads.contains { $0 != nil } }
+
+    /// Whether CPU `processor` waits in its idle loop.
+    public func isIdle(_ processor: Int) -> Bool { processor >= 0 && processor < idle.count && idle[processor] }
+
+    /// Threads queued on CPU `processor` (not counting its running one).
+    public func queuedCount(on processor: Int) -> Int {
+        guard processor >= 0, processor < runQueues.count else { return 0 }
+        return runQueues[processor].reduce(0) { $0 + $1.count }
+    }
+
+    /// The CPU a thread is bound to (nil: unbound).
+    public func affinity(of thread: ThreadID) -> Int? {
+        thread.rawValue < threads.count ? threads[thread.rawValue].affinity : nil
+    }
+
+    /// The CPU a thread last ran on.
+    public func lastProcessor(of thread: ThreadID) -> Int? {
+        thread.rawValue < threads.count ? threads[thread.rawValue].lastProcessor : nil
+    }
+
+    /// The CPUs to wake with an IPI since the last call (bit k: CPU k).
+    public mutating func takeKicks() -> UInt64 {
+        let taken = kicks
+        kicks = 0
+        return taken
+    }
+
+    /// The active CPU has nothing to run: it waits in its idle loop until
+    /// a thread is queued for it (then it is kicked) or its timer fires.
+    /// Call under the same lock as the check that found nothing.
+    public mutating func enterIdle() {
+        idle[activeProcessor] = true
+        deadlineChanged = false
+    }
+
+    /// The active CPU left its idle loop (kicked, timer, interrupt).
+    public mutating func leaveIdle() {
+        idle[activeProcessor] = false
     }
 
     public func state(of thread: ThreadID) -> ThreadState? {
@@ -111,48 +200,153 @@ public struct Scheduler {
     /// The earliest deadline among sleeping and timed waits (for the timer).
     public var nextDeadline: UInt64? { timers.nextDeadline }
 
-    /// Whether any thread can run.
-    public var hasRunnableThreads: Bool { runQueues.contains { !$0.isEmpty } }
+    /// Whether any thread can run (on any CPU).
+    public var hasRunnableThreads: Bool { runQueues.contains { $0.contains { !$0.isEmpty } } }
+
+    /// Whether the active CPU has a thread to take (its own or one to steal).
+    public var hasWorkForActiveProcessor: Bool { highestRunnableLevel() != nil }
 
     // MARK: Threads
 
-    /// A new runnable thread.
-    public mutating func createThread(priority: Int = 0) -> ThreadID {
+    /// A new runnable thread, bound to CPU `processor` or (nil) unbound.
+    /// A CPU index outside 0 ..< processorCount is an error, not guessed at.
+    public mutating func createThread(priority: Int = 0, boundTo processor: Int?) throws(SchedulerError) -> ThreadID {
+        if let processor, processor < 0 || processor >= processorCount { throw .noSuchProcessor(processor) }
         let id = ThreadID(rawValue: threads.count)
-        let level = min(max(priority, 0), runQueues.count - 1)
-        threads.append(ThreadRecord(state: .runnable, priority: level))
-        runQueues[level].append(id)
+        let level = min(max(priority, 0), levels - 1)
+        threads.append(ThreadRecord(state: .runnable, priority: level, affinity: processor, lastProcessor: processor ?? activeProcessor))
+        enqueue(id)
         return id
     }
+
+    /// A new runnable unbound thread.
+    public mutating func createThread(priority: Int = 0) -> ThreadID {
+        let id = ThreadID(rawValue: threads.count)
+        let level = min(max(priority, 0), levels - 1)
+        threads.append(ThreadRecord(state: .runnable, priority: level, lastProcessor: activeProcessor))
+        enqueue(id)
+        return id
+    }
+
+    var levels: Int { runQueues[0].count }
 
     /// Picks the thread to run: the first of the highest non-empty run
     /// queue. A still-running current thread keeps the CPU unless a thread
     /// of higher priority is runnable. Nil means idle (halt until the next
     /// deadline or interrupt).
     public mutating func schedule() -> ThreadID? {
+        let me = activeProcessor
         if let running = current, threads[running.rawValue].state == .running {
             let priority = threads[running.rawValue].priority
             guard let level = highestRunnableLevel(), level > priority else { return running }
             threads[running.rawValue].state = .runnable
-            runQueues[priority].append(running)
+            runQueues[me][priority].append(running)
         }
-        guard let level = highestRunnableLevel() else {
+        guard let next = take() else {
             current = nil
             return nil
         }
-        let next = runQueues[level].removeFirst()
         threads[next.rawValue].state = .running
+        threads[next.rawValue].lastProcessor = me
         current = next
+        idle[me] = false
+        if deadlineChanged {
+            // This CPU goes on running threads: an idle one must arm its
+            // timer for the new earliest deadline.
+            deadlineChanged = false
+            kickOneIdle()
+        }
         return next
     }
 
+    /// The highest priority the active CPU could run now: its own queues,
+    /// and unbound threads queued on other CPUs.
     func highestRunnableLevel() -> Int? {
-        var level = runQueues.count - 1
+        let me = activeProcessor
+        var level = levels - 1
         while level >= 0 {
-            if !runQueues[level].isEmpty { return level }
+            if !runQueues[me][level].isEmpty { return level }
+            for other in runQueues.indices where other != me {
+                if runQueues[other][level].contains(where: { threads[$0.rawValue].affinity == nil }) { return level }
+            }
             level -= 1
         }
         return nil
+    }
+
+    /// Removes the thread the active CPU runs next: the first of its own
+    /// highest non-empty queue, or, when another CPU holds an unbound
+    /// thread of a higher priority (or the own queues are empty), the
+    /// oldest such thread, looking at the CPUs after this one in turn.
+    mutating func take() -> ThreadID? {
+        let me = activeProcessor
+        var level = levels - 1
+        while level >= 0 {
+            if !runQueues[me][level].isEmpty { return runQueues[me][level].removeFirst() }
+            var offset = 1
+            while offset < processorCount {
+                let other = (me + offset) % processorCount
+                if let index = runQueues[other][level].firstIndex(where: { threads[$0.rawValue].affinity == nil }) {
+                    steals &+= 1
+                    return runQueues[other][level].remove(at: index)
+                }
+                offset += 1
+            }
+            level -= 1
+        }
+        return nil
+    }
+
+    /// Queues a runnable thread: on its bound CPU; an unbound one on the
+    /// CPU it last ran on when that CPU is idle, else on the active CPU if
+    /// that runs nothing, else on another idle CPU, else on the CPU with
+    /// the fewest threads (its last one on a tie). An
+    /// idle CPU that receives a thread is kicked (unless it is the active
+    /// CPU, whose idle loop looks again by itself).
+    mutating func enqueue(_ thread: ThreadID) {
+        let target = placement(of: thread)
+        runQueues[target][threads[thread.rawValue].priority].append(thread)
+        if idle[target] && target != activeProcessor {
+            idle[target] = false
+            kicks |= 1 << UInt64(target)
+        }
+    }
+
+    func placement(of thread: ThreadID) -> Int {
+        if let bound = threads[thread.rawValue].affinity { return bound }
+        let last = threads[thread.rawValue].lastProcessor
+        if idle[last] { return last }
+        // The active CPU runs nothing and has nothing queued (boot, or an
+        // interrupt taken in its idle loop): it looks at its queue next.
+        if runningThreads[activeProcessor] == nil && queuedCount(on: activeProcessor) == 0 { return activeProcessor }
+        var offset = 1
+        while offset < processorCount {
+            let other = (last + offset) % processorCount
+            if idle[other] { return other }
+            offset += 1
+        }
+        var best = last
+        var bestLoad = load(of: last)
+        for other in 0..<processorCount where other != last {
+            let otherLoad = load(of: other)
+            if otherLoad < bestLoad {
+                best = other
+                bestLoad = otherLoad
+            }
+        }
+        return best
+    }
+
+    func load(of processor: Int) -> Int {
+        queuedCount(on: processor) + (runningThreads[processor] == nil ? 0 : 1)
+    }
+
+    mutating func kickOneIdle() {
+        for other in 0..<processorCount where other != activeProcessor && idle[other] {
+            idle[other] = false
+            kicks |= 1 << UInt64(other)
+            return
+        }
     }
 
     /// The current thread goes to the back of its run queue. With no other
@@ -162,8 +356,18 @@ public struct Scheduler {
         let thread = try running()
         guard let level = highestRunnableLevel(), level >= threads[thread.rawValue].priority else { return }
         threads[thread.rawValue].state = .runnable
-        runQueues[threads[thread.rawValue].priority].append(thread)
         current = nil
+        // An unbound thread that gives way goes to an idle CPU if there is
+        // one (and wakes it), else to the back of this CPU's queue.
+        if threads[thread.rawValue].affinity == nil,
+            let other = (0..<processorCount).first(where: { $0 != activeProcessor && idle[$0] })
+        {
+            runQueues[other][threads[thread.rawValue].priority].append(thread)
+            idle[other] = false
+            kicks |= 1 << UInt64(other)
+            return
+        }
+        runQueues[activeProcessor][threads[thread.rawValue].priority].append(thread)
     }
 
     /// The current thread sleeps until `deadline` (nanoseconds).
@@ -491,7 +695,11 @@ public struct Scheduler {
 
     mutating func block(_ thread: ThreadID, _ reason: BlockReason, deadline: UInt64?) {
         threads[thread.rawValue].state = .blocked(reason, deadline: deadline)
-        if let deadline { threads[thread.rawValue].timer = timers.schedule(thread, at: deadline) }
+        if let deadline {
+            let isEarliest = timers.nextDeadline.map { deadline < $0 } ?? true
+            if isEarliest && processorCount > 1 { deadlineChanged = true }
+            threads[thread.rawValue].timer = timers.schedule(thread, at: deadline)
+        }
         if current == thread { current = nil }
     }
 
@@ -502,7 +710,7 @@ public struct Scheduler {
         }
         threads[thread.rawValue].state = .runnable
         threads[thread.rawValue].wakeReason = reason
-        runQueues[threads[thread.rawValue].priority].append(thread)
+        enqueue(thread)
     }
 
     mutating func removeWaiter(_ thread: ThreadID, from object: WaitObjectID) {

@@ -1,8 +1,9 @@
 // Synchronization: mutex, condition variable (with timed wait), counting
 // semaphore, read-write lock and wait queue for guest threads. Each object
 // is a handle on the scheduler's bookkeeping (Scheduler.swift); waiting
-// switches to another thread, and every change happens with interrupts
-// disabled. Misuse (unlocking a mutex one does not hold) stops the guest
+// switches to another thread, and every change happens under the
+// scheduler lock with interrupts masked, so waiter lists and hand-offs are
+// consistent across CPUs and no wake-up between two CPUs is lost. Misuse (unlocking a mutex one does not hold) stops the guest
 // with a panic naming it. Semantics follow rumpuser(3).
 #if hasFeature(Embedded)
 import CPUPrimitives
@@ -13,36 +14,38 @@ public final class ThreadMutex {
     let object: WaitObjectID
 
     public init() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         object = ThreadRuntime.scheduler.createMutex()
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     public func lock() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         var acquired = false
         ThreadRuntime.check { () throws(SchedulerError) in acquired = try ThreadRuntime.scheduler.lock(object) }
         if !acquired { ThreadRuntime.reschedule(flags: flags) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// Takes the mutex if it is free; never waits.
     public func tryLock() -> Bool {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         var acquired = false
         ThreadRuntime.check { () throws(SchedulerError) in acquired = try ThreadRuntime.scheduler.tryLock(object) }
         return acquired
     }
 
     public func unlock() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.unlock(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// Whether the calling thread holds the mutex.
     public var isHeldByCurrentThread: Bool {
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         guard let me = ThreadRuntime.current else { return false }
         return ThreadRuntime.scheduler.owner(of: object) == me.id
     }
@@ -53,9 +56,9 @@ public final class ThreadCondition {
     let object: WaitObjectID
 
     public init() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         object = ThreadRuntime.scheduler.createCondition()
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// Releases `mutex`, waits for a signal, and takes `mutex` again.
@@ -66,8 +69,8 @@ public final class ThreadCondition {
     /// The same with a deadline (monotonic ns): `.timedOut` when it passed
     /// first. The caller holds `mutex` again either way.
     public func wait(_ mutex: ThreadMutex, deadline: UInt64?) -> WakeReason {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         ThreadRuntime.check { () throws(SchedulerError) in
             try ThreadRuntime.scheduler.wait(object, mutex: mutex.object, deadline: deadline)
         }
@@ -76,15 +79,15 @@ public final class ThreadCondition {
     }
 
     public func signal() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.signal(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     public func broadcast() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.broadcast(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 }
 
@@ -93,16 +96,16 @@ public final class ThreadSemaphore {
     let object: WaitObjectID
 
     public init(count: Int) {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         object = ThreadRuntime.scheduler.createSemaphore(count: count)
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// Takes a unit, waiting until one is available or `deadline` passes.
     @discardableResult
     public func down(deadline: UInt64? = nil) -> WakeReason {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         var taken = false
         ThreadRuntime.check { () throws(SchedulerError) in taken = try ThreadRuntime.scheduler.down(object, deadline: deadline) }
         if taken { return .signaled }
@@ -112,12 +115,16 @@ public final class ThreadSemaphore {
 
     /// Returns a unit (from a thread or an interrupt handler).
     public func up() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.up(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
-    public var count: Int { ThreadRuntime.scheduler.count(of: object) ?? 0 }
+    public var count: Int {
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
+        return ThreadRuntime.scheduler.count(of: object) ?? 0
+    }
 }
 
 /// A read-write lock: many readers or one writer; FIFO, so a waiting writer
@@ -126,44 +133,44 @@ public final class ThreadReadWriteLock {
     let object: WaitObjectID
 
     public init() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         object = ThreadRuntime.scheduler.createReadWriteLock()
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     public func lock(write: Bool) {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         var entered = false
         ThreadRuntime.check { () throws(SchedulerError) in entered = try ThreadRuntime.scheduler.enter(object, write: write) }
         if !entered { ThreadRuntime.reschedule(flags: flags) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     public func tryLock(write: Bool) -> Bool {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         var entered = false
         ThreadRuntime.check { () throws(SchedulerError) in entered = try ThreadRuntime.scheduler.tryEnter(object, write: write) }
         return entered
     }
 
     public func unlock() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.exit(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// The writer becomes a reader.
     public func downgrade() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.downgrade(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     /// A sole reader becomes the writer; false when other readers are in.
     public func tryUpgrade() -> Bool {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         var upgraded = false
         ThreadRuntime.check { () throws(SchedulerError) in upgraded = try ThreadRuntime.scheduler.tryUpgrade(object) }
         return upgraded
@@ -171,6 +178,8 @@ public final class ThreadReadWriteLock {
 
     /// Readers inside, and whether a writer holds it.
     public var holders: (readers: Int, writing: Bool) {
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         guard let state = ThreadRuntime.scheduler.holders(of: object) else { return (0, false) }
         return (state.readers, state.writer != nil)
     }
@@ -182,30 +191,30 @@ public final class ThreadWaitQueue {
     let object: WaitObjectID
 
     public init() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         object = ThreadRuntime.scheduler.createCondition()
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     @discardableResult
     public func wait(deadline: UInt64? = nil) -> WakeReason {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.wait(object, deadline: deadline) }
         ThreadRuntime.reschedule(flags: flags)
         return ThreadRuntime.currentWakeReason
     }
 
     public func wakeOne() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.signal(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 
     public func wakeAll() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = ThreadRuntime.lockScheduler()
         ThreadRuntime.check { () throws(SchedulerError) in try ThreadRuntime.scheduler.broadcast(object) }
-        cpu_restore_interrupts(flags)
+        ThreadRuntime.unlockScheduler(flags)
     }
 }
 #endif

@@ -2,10 +2,19 @@
 // model: guarded stacks, the context switch (switch.S), TLS blocks through
 // the FS base (x86-64 ELF TLS variant II: the block ends at the thread
 // pointer, and FS:0 holds the thread pointer itself; "ELF Handling For
-// Thread-Local Storage" §3.4.6), idle through ProcessorIdle, and the thread
-// that runs the application's main. Cooperative on one CPU: every change to
-// run or wait queues happens with interrupts disabled (flags saved and
-// restored), so an interrupt handler may call `wake`.
+// Thread-Local Storage" §3.4.6), the idle loop of every CPU, and the thread
+// that runs the application's main.
+//
+// Several CPUs: one Scheduler instance under one ticket lock (`lock`),
+// always taken with interrupts masked, so an interrupt handler may wake a
+// thread (it can never find its own CPU holding the lock). The lock is held
+// across a context switch and released by the thread switched to (or the
+// idle loop), so no CPU can pick a thread whose stack another CPU is still
+// leaving. Each CPU has an idle loop on its own stack (the boot stack on
+// CPU 0, the AP's start-up stack elsewhere): a CPU with nothing to run
+// switches there, marks itself idle under the lock, drops the lock and
+// halts with STI;HLT; a CPU that queues a thread for an idle CPU sends it
+// the wake-up IPI, which the halt's interrupt shadow cannot lose.
 #if hasFeature(Embedded)
 import CPUPrimitives
 
@@ -24,8 +33,13 @@ public final class ThreadControl {
     let threadPointer: UInt64
     var body: (() -> Int)?
     var detached = false
+    /// The CPU the thread is bound to (nil: it runs on any CPU).
+    public let processor: Int?
 
-    init(id: ThreadID, name: [UInt8], guardPage: UInt64, stackTop: UInt64, tlsBlock: UnsafeMutableRawPointer?, threadPointer: UInt64, body: (() -> Int)?) {
+    init(
+        id: ThreadID, name: [UInt8], guardPage: UInt64, stackTop: UInt64, tlsBlock: UnsafeMutableRawPointer?, threadPointer: UInt64,
+        processor: Int?, body: (() -> Int)?
+    ) {
         self.id = id
         self.name = name
         self.context = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
@@ -34,6 +48,7 @@ public final class ThreadControl {
         self.stackTop = stackTop
         self.tlsBlock = tlsBlock
         self.threadPointer = threadPointer
+        self.processor = processor
         self.body = body
     }
 
@@ -47,28 +62,38 @@ public enum ThreadError: Error {
     case noSuchThread
     case alreadyJoined
     case joinSelf
+    /// A thread bound to a CPU that threads cannot run on.
+    case noSuchProcessor(Int)
 }
 
-/// One CPU's view: the thread it runs. Kept per processor so the SMP work
-/// can add one per CPU (found through GS base) without changing callers.
+/// One CPU's view: the thread it runs and its idle loop's saved stack.
 struct ProcessorState {
     var current: ThreadControl? = nil
-    /// Interrupt flags of the critical section that switched to a new
-    /// thread; that thread restores them when it starts.
+    /// Interrupt flags of the critical section that switched away from the
+    /// last thread; a new thread started on the boot CPU restores them.
     var switchFlags: UInt64 = 0
-    /// Where the boot stack's RSP went when main's thread took over (never resumed).
-    var bootContext: UnsafeMutablePointer<UInt64>? = nil
+    /// Where the idle loop's RSP is kept while a thread runs.
+    var idleContext: UnsafeMutablePointer<UInt64>? = nil
+    /// Times the idle loop found nothing and halted.
+    var idleWaits: UInt64 = 0
 }
 
 public enum ThreadRuntime {
     nonisolated(unsafe) static var scheduler = Scheduler(priorityLevels: 4)
+    /// The scheduler lock: over `scheduler`, `threads`, `pendingRelease`
+    /// and the per-CPU states' `current`.
+    static let lock = TicketLock()
     nonisolated(unsafe) static var threads: [ThreadControl?] = []
-    nonisolated(unsafe) static var processors: [ProcessorState] = [ProcessorState()]
+    /// One state per CPU threads run on (nil before `runMain`).
+    nonisolated(unsafe) static var processors: UnsafeMutablePointer<ProcessorState>? = nil
+    nonisolated(unsafe) static var processorCount = 1
     /// Detached threads that exited; freed by the next thread to run.
     nonisolated(unsafe) static var pendingRelease: [ThreadControl] = []
     nonisolated(unsafe) static var useFSGSBaseInstructions = false
     nonisolated(unsafe) static var tlsLayout = TLSLayout(imageStart: 0, fileSize: 0, memorySize: 0)
     nonisolated(unsafe) static var switchCount: UInt64 = 0
+    /// Set once every CPU's state exists; APs then enter the idle loop.
+    nonisolated(unsafe) static var isRunning = false
 
     /// The default priority (of 0 ... 3) and stack size of new threads.
     public static var normalPriority: Int { 1 }
@@ -76,19 +101,88 @@ public enum ThreadRuntime {
     /// main() gets a larger stack than other threads.
     public static var mainStackSize: Int { 256 * 1024 }
 
-    static var processorIndex: Int { 0 }
+    static var processorIndex: Int { Processors.currentIndex }
 
-    /// The running thread (nil only before `runMain`).
-    public static var current: ThreadControl? { processors[processorIndex].current }
+    /// The running thread (nil before `runMain` and in work posted to an AP's mailbox).
+    public static var current: ThreadControl? {
+        guard let processors else { return nil }
+        let index = processorIndex
+        return index < processorCount ? processors[index].current : nil
+    }
+
+    /// CPUs threads run on.
+    public static var processorsForThreads: Int { processorCount }
 
     /// Context switches so far (statistics for benchmarks).
     public static var contextSwitches: UInt64 { switchCount }
 
+    /// Unbound threads a CPU took from another CPU's queue.
+    public static var steals: UInt64 {
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
+        return scheduler.steals
+    }
+
+    /// Times CPU `index`'s idle loop halted for lack of work.
+    public static func idleWaits(on index: Int) -> UInt64 {
+        guard let processors, index >= 0, index < processorCount else { return 0 }
+        return volatileLoad(&processors[index].idleWaits)
+    }
+
+    // MARK: The scheduler lock
+
+    /// Masks interrupts, takes the scheduler lock and makes the running
+    /// CPU the scheduler's active one. Returns the caller's flags. Every
+    /// scheduler operation is also a point where a TLB shootdown aimed at
+    /// this CPU is answered: threads on the boot CPU run with interrupts
+    /// off, and a thread that only yields must not hold up an unmap.
+    @inline(__always)
+    static func lockScheduler() -> UInt64 {
+        let flags = cpu_save_and_disable_interrupts()
+        TLBShootdown.answerPending()
+        _ = lock.lock()
+        scheduler.activeProcessor = processorIndex
+        return flags
+    }
+
+    /// Wakes the idle CPUs the operation queued work for, drops the lock
+    /// and restores `flags`.
+    @inline(__always)
+    static func unlockScheduler(_ flags: UInt64) {
+        let kicks = scheduler.takeKicks()
+        lock.unlock(restoring: false)
+        sendWakeUps(kicks)
+        cpu_restore_interrupts(flags)
+    }
+
+    /// Runs `body` on the scheduler under its lock.
+    @inline(__always)
+    static func withScheduler<Result>(_ body: (inout Scheduler) -> Result) -> Result {
+        let flags = lockScheduler()
+        let result = body(&scheduler)
+        unlockScheduler(flags)
+        return result
+    }
+
+    /// The wake-up IPI to every CPU in `mask` (interrupts masked by the caller).
+    static func sendWakeUps(_ mask: UInt64) {
+        var rest = mask
+        while rest != 0 {
+            let index = rest.trailingZeroBitCount
+            rest &= rest &- 1
+            if let apicID = Processors.apicID(of: index) {
+                Processors.localAPIC?.send(.wakeUp(apicID: apicID))
+            }
+        }
+    }
+
     // MARK: Start
 
-    /// Calibrates the clocks, prepares TLS and FS base handling, and runs
-    /// the application's `main` on a thread with a guarded stack; the guest
-    /// exits with main's status when it returns. Called once by the boot path.
+    /// Calibrates the clocks, prepares TLS and FS base handling, gives every
+    /// online CPU a scheduler state, and runs the application's `main` on a
+    /// thread with a guarded stack; the guest exits with main's status when
+    /// it returns. The boot stack becomes CPU 0's idle loop. Called once by
+    /// the boot path, after the APs started.
     public static func runMain() -> Never {
         SystemClock.start()
         let cpu = CPUInformation(source: HardwareCPUID())
@@ -100,41 +194,69 @@ public enum ThreadRuntime {
             imageStart: UInt64(bmk_tls_image_start()),
             fileSize: UInt64(bmk_tls_image_end() - bmk_tls_image_start()),
             memorySize: UInt64(bmk_tls_segment_end() - bmk_tls_image_start()))
+        let count = max(Processors.count, 1)
+        let states = UnsafeMutablePointer<ProcessorState>.allocate(capacity: count)
+        states.initialize(repeating: ProcessorState(), count: count)
+        for index in 0..<count {
+            states[index].idleContext = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
+            states[index].idleContext!.pointee = 0
+        }
         let flags = cpu_save_and_disable_interrupts()
+        _ = lock.lock()
+        ConsoleLines.start(processors: count)
+        scheduler = Scheduler(priorityLevels: 4, processors: count)
+        processorCount = count
+        processors = states
         let main: ThreadControl
         do throws(ThreadError) {
-            main = try makeThread(name: Array("main".utf8), priority: normalPriority, stackSize: mainStackSize) {
+            main = try makeThread(name: Array("main".utf8), priority: normalPriority, stackSize: mainStackSize, processor: nil) {
                 let status = bmk_call_main()
                 Platform.exit(status)
             }
         } catch {
             Platform.panic("threads: cannot allocate main's stack and TLS block")
         }
+        scheduler.activeProcessor = 0
         guard scheduler.schedule() == main.id else { Platform.panic("threads: main is not the first thread") }
-        processors[processorIndex].current = main
-        processors[processorIndex].switchFlags = flags
+        states[0].current = main
+        states[0].switchFlags = flags
         loadThreadPointer(main.threadPointer)
-        // A word of its own for the boot stack's RSP: an inout access to
-        // `processors` here would never end (the switch does not return).
-        let bootContext = UnsafeMutablePointer<UInt64>.allocate(capacity: 1)
-        processors[processorIndex].bootContext = bootContext
-        bmk_context_switch(bootContext, main.context.pointee)
-        Platform.panic("threads: the boot stack was resumed")
+        cpu_memory_barrier()
+        isRunning = true
+        // The boot stack's RSP goes to CPU 0's idle word: when no thread
+        // can run, the switch returns here and the boot stack idles.
+        bmk_context_switch(states[0].idleContext!, main.context.pointee)
+        idleLoop()
+    }
+
+    /// An AP's entry into the scheduler (from its start-up loop, once
+    /// `isRunning`): sets up what threads need on this CPU and idles.
+    static func enterOnApplicationProcessor() -> Never {
+        if useFSGSBaseInstructions { cpu_write_cr4(cpu_read_cr4() | (1 << 16)) }
+        cpu_disable_interrupts()
+        _ = lock.lock()
+        idleLoop()
     }
 
     // MARK: Creation, exit, join
 
     /// Creates a runnable thread running `body`; its return value is what
-    /// `join` returns. `stackSize` is rounded up to whole pages (at least 4).
+    /// `join` returns. `stackSize` is rounded up to whole pages (at least
+    /// 4). `processor` binds it to that CPU (nil: any CPU).
     public static func spawn(
-        name: [UInt8], priority: Int = normalPriority, stackSize: Int = defaultStackSize, body: @escaping () -> Int
+        name: [UInt8], priority: Int = normalPriority, stackSize: Int = defaultStackSize, processor: Int? = nil,
+        body: @escaping () -> Int
     ) throws(ThreadError) -> ThreadControl {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
-        return try makeThread(name: name, priority: priority, stackSize: stackSize, body: body)
+        if let processor, processor < 0 || processor >= processorCount { throw .noSuchProcessor(processor) }
+        let (top, guardPage, block, threadPointer) = try allocateThreadMemory(stackSize: stackSize)
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
+        return register(name: name, priority: priority, processor: processor, body: body,
+                        top: top, guardPage: guardPage, block: block, threadPointer: threadPointer)
     }
 
-    static func makeThread(name: [UInt8], priority: Int, stackSize: Int, body: @escaping () -> Int) throws(ThreadError) -> ThreadControl {
+    /// Stack and TLS block of a new thread (no scheduler lock needed).
+    static func allocateThreadMemory(stackSize: Int) throws(ThreadError) -> (UInt64, UInt64, UnsafeMutableRawPointer?, UInt64) {
         let pages = max(UInt64((stackSize + 4095) / 4096), 4)
         guard Platform.pageTables != nil, Platform.heap != nil else { throw .outOfMemory(what: "stack (no page tables yet)") }
         let top: UInt64
@@ -151,8 +273,26 @@ public enum ThreadRuntime {
             releaseStack(guardPage: guardPage)
             throw .outOfMemory(what: "TLS block")
         }
-        let id = scheduler.createThread(priority: priority)
-        let thread = ThreadControl(id: id, name: name, guardPage: guardPage, stackTop: top, tlsBlock: block, threadPointer: threadPointer, body: body)
+        return (top, guardPage, block, threadPointer)
+    }
+
+    static func makeThread(name: [UInt8], priority: Int, stackSize: Int, processor: Int?, body: @escaping () -> Int) throws(ThreadError) -> ThreadControl {
+        let (top, guardPage, block, threadPointer) = try allocateThreadMemory(stackSize: stackSize)
+        return register(name: name, priority: priority, processor: processor, body: body,
+                        top: top, guardPage: guardPage, block: block, threadPointer: threadPointer)
+    }
+
+    /// Makes the thread known to the scheduler (under its lock).
+    static func register(
+        name: [UInt8], priority: Int, processor: Int?, body: @escaping () -> Int,
+        top: UInt64, guardPage: UInt64, block: UnsafeMutableRawPointer?, threadPointer: UInt64
+    ) -> ThreadControl {
+        // The thread's record must exist before the scheduler can hand it
+        // to another CPU, so it is created first and queued by the scheduler.
+        let id = ThreadID(rawValue: scheduler.threads.count)
+        let thread = ThreadControl(
+            id: id, name: name, guardPage: guardPage, stackTop: top, tlsBlock: block, threadPointer: threadPointer,
+            processor: processor, body: body)
         // The frame bmk_context_switch pops (see switch.S), from the top:
         // padding, return address, rbp, rbx, r12 (argument), r13, r14, r15, MXCSR|FCW.
         let frame = UnsafeMutablePointer<UInt64>(bitPattern: UInt(top - 72))!
@@ -168,12 +308,23 @@ public enum ThreadRuntime {
         thread.context.pointee = top - 72
         while threads.count <= id.rawValue { threads.append(nil) }
         threads[id.rawValue] = thread
+        let created: ThreadID
+        if let processor {
+            do throws(SchedulerError) {
+                created = try scheduler.createThread(priority: priority, boundTo: processor)
+            } catch {
+                Platform.panic("threads: a thread bound to a CPU the scheduler does not have")
+            }
+        } else {
+            created = scheduler.createThread(priority: priority)
+        }
+        if created != id { Platform.panic("threads: thread ids out of step") }
         return thread
     }
 
     /// Ends the calling thread; `join` returns `status`.
     public static func exit(_ status: Int) -> Never {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = lockScheduler()
         guard let me = current else { Platform.panic("threads: exit outside a thread") }
         me.body = nil
         check { () throws(SchedulerError) in try scheduler.exit(status: status) }
@@ -184,8 +335,8 @@ public enum ThreadRuntime {
 
     /// Waits for `thread` to end and returns its status; frees its stack.
     public static func join(_ thread: ThreadControl) throws(ThreadError) -> Int {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
         var status: Int? = nil
         do throws(SchedulerError) {
             status = try scheduler.join(thread.id)
@@ -206,8 +357,8 @@ public enum ThreadRuntime {
 
     /// Lets `thread` end without a join (its resources go when it exits).
     public static func detach(_ thread: ThreadControl) {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
         if case .exited = scheduler.state(of: thread.id) {
             if scheduler.exitStatus(of: thread.id) != nil { release(thread) }
         } else {
@@ -219,26 +370,26 @@ public enum ThreadRuntime {
 
     /// Lets every other runnable thread of the same or higher priority run.
     public static func yield() {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = lockScheduler()
         check { () throws(SchedulerError) in try scheduler.yield() }
         reschedule(flags: flags)
-        cpu_restore_interrupts(flags)
+        unlockScheduler(flags)
     }
 
     /// Sleeps until the monotonic clock reaches `deadline` (ns); never early.
     public static func sleep(until deadline: UInt64) {
-        let flags = cpu_save_and_disable_interrupts()
+        let flags = lockScheduler()
         check { () throws(SchedulerError) in try scheduler.sleep(until: deadline) }
         reschedule(flags: flags)
-        cpu_restore_interrupts(flags)
+        unlockScheduler(flags)
     }
 
     /// Blocks the calling thread until `wake` (or `deadline`, monotonic ns).
     /// Returns how it ended; a wake that came before the block counts.
     @discardableResult
     public static func block(deadline: UInt64? = nil) -> WakeReason {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
         var parked = false
         check { () throws(SchedulerError) in parked = try scheduler.park(deadline: deadline) }
         guard parked else { return .signaled }
@@ -247,14 +398,16 @@ public enum ThreadRuntime {
     }
 
     /// Makes a blocked thread runnable (or leaves a pending wake for its
-    /// next `block`). Safe from interrupt handlers; never switches threads.
+    /// next `block`). Safe from interrupt handlers and from any CPU; never
+    /// switches threads (an idle CPU the thread is queued on gets an IPI).
     @discardableResult
     public static func wake(_ thread: ThreadID) -> Bool {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = lockScheduler()
+        defer { unlockScheduler(flags) }
         return scheduler.unpark(thread)
     }
 
+    /// Under the scheduler lock, after a wait.
     static var currentWakeReason: WakeReason {
         guard let me = current else { return .signaled }
         return scheduler.wakeReason(of: me.id) ?? .signaled
@@ -262,36 +415,89 @@ public enum ThreadRuntime {
 
     // MARK: Switching
 
-    /// Picks the next thread and switches to it (returns at once when the
-    /// caller keeps running). Called with interrupts disabled; `flags` are
-    /// the caller's saved flags: idle waits with them restored.
+    /// Picks the next thread for this CPU and switches to it, or to the
+    /// CPU's idle loop when nothing can run (returns at once when the
+    /// caller keeps running). Called holding the scheduler lock with
+    /// interrupts masked; returns holding it, on whichever CPU the thread
+    /// runs again. `flags` are the caller's saved flags.
     static func reschedule(flags: UInt64) {
         let processor = processorIndex
-        guard let me = processors[processor].current else { Platform.panic("threads: reschedule without a thread") }
+        let state = processors! + processor
+        guard let me = state.pointee.current else { Platform.panic("threads: reschedule without a thread") }
+        scheduler.activeProcessor = processor
+        scheduler.advanceTime(to: SystemClock.monotonicNanoseconds)
+        let next = scheduler.schedule()
+        if next == me.id { return }
+        ConsoleLines.flushCurrentProcessor()
+        state.pointee.switchFlags = flags
+        sendWakeUps(scheduler.takeKicks())
+        if let next {
+            guard let target = threads[next.rawValue] else { Platform.panic("threads: scheduled a released thread") }
+            state.pointee.current = target
+            switchCount &+= 1
+            loadThreadPointer(target.threadPointer)
+            bmk_context_switch(me.context, target.context.pointee)
+        } else {
+            state.pointee.current = nil
+            bmk_context_switch(me.context, state.pointee.idleContext!.pointee)
+        }
+        afterSwitch()
+        scheduler.activeProcessor = processorIndex
+    }
+
+    /// The CPU's idle loop, on the CPU's own stack, entered holding the
+    /// scheduler lock with interrupts masked: runs the threads the
+    /// scheduler gives this CPU, and waits in ProcessorIdle (lock dropped)
+    /// when there are none. APs also run work posted to their mailbox.
+    static func idleLoop() -> Never {
+        let processor = processorIndex
+        let state = processors! + processor
         while true {
+            afterSwitch()
+            scheduler.activeProcessor = processor
             scheduler.advanceTime(to: SystemClock.monotonicNanoseconds)
             if let next = scheduler.schedule() {
-                if next == me.id { return }
                 guard let target = threads[next.rawValue] else { Platform.panic("threads: scheduled a released thread") }
-                processors[processor].current = target
-                processors[processor].switchFlags = flags
+                state.pointee.current = target
                 switchCount &+= 1
+                sendWakeUps(scheduler.takeKicks())
                 loadThreadPointer(target.threadPointer)
-                bmk_context_switch(me.context, target.context.pointee)
-                afterSwitch()
-                return
+                bmk_context_switch(state.pointee.idleContext!, target.context.pointee)
+                continue
             }
             let deadline = scheduler.nextDeadline
-            if deadline == nil && flags & (1 << 9) == 0 {
+            if deadline == nil && state.pointee.switchFlags & (1 << 9) == 0 && nothingElseCanWake(processor) {
                 Platform.panic("threads: deadlock: every thread is blocked, no timer is pending and interrupts are off")
             }
-            cpu_restore_interrupts(flags)
-            ProcessorIdle.wait(untilTSC: deadline.map { SystemClock.tsc(atMonotonic: $0) })
+            scheduler.enterIdle()
+            let kicks = scheduler.takeKicks()
+            lock.unlock(restoring: false)
+            sendWakeUps(kicks)
+            // Interrupts stay masked from the check above to the STI;HLT
+            // in ProcessorIdle: a wake-up IPI sent meanwhile ends the halt.
+            if processor == 0 || !Processors.runPostedWork(on: processor) {
+                volatileStore(&state.pointee.idleWaits, state.pointee.idleWaits &+ 1)
+                ProcessorIdle.wait(untilTSC: deadline.map { SystemClock.tsc(atMonotonic: $0) })
+            }
             cpu_disable_interrupts()
+            _ = lock.lock()
+            scheduler.activeProcessor = processor
+            scheduler.leaveIdle()
         }
     }
 
-    /// First thing a thread does after it was switched to.
+    /// No thread runs or can run anywhere and every other CPU is idle with
+    /// an empty mailbox (under the lock).
+    static func nothingElseCanWake(_ processor: Int) -> Bool {
+        if scheduler.hasRunnableThreads || scheduler.anyThreadRunning { return false }
+        for other in 0..<processorCount where other != processor {
+            if !scheduler.isIdle(other) || Processors.hasPostedWork(on: other) { return false }
+        }
+        return true
+    }
+
+    /// First thing a thread (or an idle loop) does after a switch to it,
+    /// still holding the scheduler lock: frees detached threads that exited.
     static func afterSwitch() {
         guard !pendingRelease.isEmpty else { return }
         let me = current
@@ -363,6 +569,7 @@ public enum ThreadRuntime {
             case .noSuchThread: Platform.panic("threads: no such thread")
             case .joinSelf: Platform.panic("threads: a thread joined itself")
             case .alreadyJoined: Platform.panic("threads: a thread was joined twice")
+            case .noSuchProcessor: Platform.panic("threads: no such CPU")
             }
         }
     }
@@ -398,16 +605,20 @@ struct TLSLayout {
 }
 
 /// First Swift code of every thread (from bmk_thread_trampoline, on the
-/// thread's own stack, interrupts still disabled by the switch).
+/// thread's own stack, interrupts masked and the scheduler lock held by
+/// the switch). A thread first started on the boot CPU restores the flags
+/// of the section that switched away from the previous thread, as on one
+/// CPU; on an AP it runs with interrupts enabled (only IPIs arrive there),
+/// so it answers TLB shootdowns and wake-ups while it computes.
 @_cdecl("bmk_thread_entry")
 public func threadEntry(_ argument: UInt64) -> Never {
     let processor = ThreadRuntime.processorIndex
     ThreadRuntime.afterSwitch()
-    let flags = ThreadRuntime.processors[processor].switchFlags
+    let flags = processor == 0 ? ThreadRuntime.processors![0].switchFlags : UInt64(1 << 9)
     guard let me = ThreadRuntime.threads[Int(argument)], let body = me.body else {
         Platform.panic("threads: a thread started without a body")
     }
-    cpu_restore_interrupts(flags)
+    ThreadRuntime.unlockScheduler(flags)
     let status = body()
     ThreadRuntime.exit(status)
 }
@@ -422,8 +633,8 @@ public enum ThreadLocalStorage {
 
     /// A fresh slot index, or nil when all 64 are taken.
     public static func allocateSlot() -> UInt32? {
-        let flags = cpu_save_and_disable_interrupts()
-        defer { cpu_restore_interrupts(flags) }
+        let flags = ThreadRuntime.lockScheduler()
+        defer { ThreadRuntime.unlockScheduler(flags) }
         guard slotsInUse < slotCount else { return nil }
         slotsInUse += 1
         return slotsInUse - 1
