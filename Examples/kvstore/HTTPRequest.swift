@@ -67,8 +67,8 @@ enum HTTPParser {
         }
         var fields: [(name: [UInt8], value: [UInt8])] = []
         for line in lines.dropFirst() {
-            guard let colon = line.firstIndex(of: 58), colon > 0 else { return .invalid(status: 400, reason: "bad header field") }
-            let name = lowercased(Array(line[0..<colon]))
+            guard let colon = line.firstIndex(of: 58), colon > line.startIndex else { return .invalid(status: 400, reason: "bad header field") }
+            let name = lowercased(Array(line[line.startIndex..<colon]))
             guard !name.contains(32) && !name.contains(9) else { return .invalid(status: 400, reason: "bad header field") }
             fields.append((name, trimmed(Array(line[(colon + 1)...]))))
         }
