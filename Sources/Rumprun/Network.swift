@@ -123,6 +123,8 @@ final class SocketWaitState {
 public final class Network {
     /// The running network, after `start`.
     nonisolated(unsafe) public private(set) static var current: Network? = nil
+    /// Serializes `start` (callers may race on several CPUs).
+    nonisolated(unsafe) static let startLock = Mutex()
 
     /// How often the network thread polls a NIC without interrupts, and the
     /// longest it sleeps with interrupts (a lost interrupt costs at most this).
@@ -147,6 +149,8 @@ public final class Network {
     /// when none is given, waiting up to `dhcpTimeout` nanoseconds for a
     /// lease), and starts the network thread.
     public static func start(dhcpTimeout: UInt64 = 30_000_000_000) throws(NetworkError) -> Network {
+        startLock.lock()
+        defer { startLock.unlock() }
         if current != nil { throw .alreadyStarted }
         var configured = Rumprun.networkInterfaces
         let found = NetworkDeviceProbe.functions()

@@ -109,6 +109,8 @@ public final class StorageDevice {
     /// Starts the driver of the disk the launcher attached as `tag` (the
     /// n-th `-b` is the n-th virtio-blk function on the PCI bus).
     public static func open(_ tag: String) throws(StorageError) -> StorageDevice {
+        registryLock.lock()
+        defer { registryLock.unlock() }
         let configured = Rumprun.blockDevices
         guard let position = configured.firstIndex(where: { $0.tag.utf8.elementsEqual(tag.utf8) }) else {
             throw .notConfigured(tag: tag, available: configured.map { $0.tag })
@@ -152,6 +154,8 @@ public final class StorageDevice {
     }
 
     nonisolated(unsafe) static var usedSlots: [Int] = []
+    /// Guards `open` and `usedSlots` (opens may race on several CPUs).
+    nonisolated(unsafe) static let registryLock = Mutex()
 
     /// Checks that `offset` and `length` are whole sectors inside the device.
     func check(offset: UInt64, length: Int) throws(StorageError) {
@@ -284,8 +288,10 @@ public final class StorageDevice {
         isClosed = true
         detach?()
         try? driver.shutdown()
-        StorageDevice.open.removeAll { $0.utf8.elementsEqual(tag.utf8) }
-        StorageDevice.usedSlots.removeAll { $0 == slot }
+        StorageDevice.registryLock.withLock {
+            StorageDevice.open.removeAll { $0.utf8.elementsEqual(tag.utf8) }
+            StorageDevice.usedSlots.removeAll { $0 == slot }
+        }
         if let failure { throw failure }
     }
 }
