@@ -147,8 +147,9 @@ public final class Network {
     /// Brings up every interface the launcher attached (`-I`; without any,
     /// the first NIC on PCI with DHCP), gives each its `-W` address (DHCP
     /// when none is given, waiting up to `dhcpTimeout` nanoseconds for a
-    /// lease), and starts the network thread.
-    public static func start(dhcpTimeout: UInt64 = 30_000_000_000) throws(NetworkError) -> Network {
+    /// lease), and starts the network thread. With `interrupts` false the
+    /// NICs are polled every `pollInterval` instead of interrupting.
+    public static func start(dhcpTimeout: UInt64 = 30_000_000_000, interrupts: Bool = true) throws(NetworkError) -> Network {
         startLock.lock()
         defer { startLock.unlock() }
         if current != nil { throw .alreadyStarted }
@@ -183,7 +184,7 @@ public final class Network {
             }
             let started: StartedNetworkDevice
             do throws(NetworkError) {
-                started = try NetworkDeviceProbe.start(found[slot].function, driver: found[slot].driver, tag: entry.tag)
+                started = try NetworkDeviceProbe.start(found[slot].function, driver: found[slot].driver, tag: entry.tag, interrupts: interrupts)
             } catch {
                 network.stopDevices()
                 throw error

@@ -159,7 +159,7 @@ enum NetworkDeviceProbe {
 
     /// Starts the driver of `function` and connects its interrupts (falls
     /// back to polling when they cannot be connected).
-    static func start(_ function: PCIFunctionInfo, driver: StaticString, tag: String) throws(NetworkError) -> StartedNetworkDevice {
+    static func start(_ function: PCIFunctionInfo, driver: StaticString, tag: String, interrupts: Bool) throws(NetworkError) -> StartedNetworkDevice {
         let access = self.access
         if driver.utf8CodeUnitCount == 5 {
             let nic: E1000NetworkDevice
@@ -168,6 +168,7 @@ enum NetworkDeviceProbe {
             } catch {
                 throw .driverFailed(tag: tag, driver: "e1000", code: 0)
             }
+            guard interrupts else { return StartedNetworkDevice(device: .e1000(nic), interruptMode: nil, detach: nil) }
             do throws(InterruptError) {
                 let registration = try nic.attachInterrupts(function: function.address, access: access) { _ in NetworkThreadWakeup.wake() }
                 return StartedNetworkDevice(device: .e1000(nic), interruptMode: registration.line == nil ? "MSI" : "INTx", detach: { nic.detachInterrupts(registration) })
@@ -182,6 +183,10 @@ enum NetworkDeviceProbe {
             nic = try VirtioNetworkDevice(transport: transport, dma: HeapDMAMemory())
         } catch {
             throw .driverFailed(tag: tag, driver: "virtio-net", code: error.code)
+        }
+        guard interrupts else {
+            nic.setPolled(true)
+            return StartedNetworkDevice(device: .virtio(nic), interruptMode: nil, detach: nil)
         }
         do throws(InterruptError) {
             let binding = try transport.attachInterrupts(access: access, queueCount: 2) { _ in NetworkThreadWakeup.wake() }

@@ -107,8 +107,9 @@ public final class StorageDevice {
     public static var configuredTags: [String] { Rumprun.blockDevices.map { $0.tag } }
 
     /// Starts the driver of the disk the launcher attached as `tag` (the
-    /// n-th `-b` is the n-th virtio-blk function on the PCI bus).
-    public static func open(_ tag: String) throws(StorageError) -> StorageDevice {
+    /// n-th `-b` is the n-th virtio-blk function on the PCI bus). With
+    /// `interrupts` false, waiting requests poll the device between yields.
+    public static func open(_ tag: String, interrupts: Bool = true) throws(StorageError) -> StorageDevice {
         registryLock.lock()
         defer { registryLock.unlock() }
         let configured = Rumprun.blockDevices
@@ -141,12 +142,14 @@ public final class StorageDevice {
         let bounce = UnsafeMutableRawBufferPointer(start: memory, count: transferSize)
         var mode: StaticString? = nil
         var detach: (() -> Void)? = nil
-        do throws(InterruptError) {
-            let binding = try transport.attachInterrupts(access: access, queueCount: 1) { _ in StorageWakeup.wake(slot) }
-            mode = binding.kind == .msix ? "MSI-X" : "INTx"
-            detach = { binding.detach(access: access) }
-        } catch {
-            mode = nil
+        if interrupts {
+            do throws(InterruptError) {
+                let binding = try transport.attachInterrupts(access: access, queueCount: 1) { _ in StorageWakeup.wake(slot) }
+                mode = binding.kind == .msix ? "MSI-X" : "INTx"
+                detach = { binding.detach(access: access) }
+            } catch {
+                mode = nil
+            }
         }
         usedSlots.append(slot)
         open.append(tag)

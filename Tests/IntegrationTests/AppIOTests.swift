@@ -212,9 +212,11 @@ final class TCPEchoServer: @unchecked Sendable {
 }
 
 @Suite(.serialized) struct ApplicationIOTests {
-    /// The appio guest's checks against peers written here; then the bytes
-    /// its big transfer wrote are in the host file.
-    @Test func socketsAndStorageWorkFromApplicationThreads() throws {
+    /// The appio guest's checks against peers written here, with the
+    /// devices' interrupts and polled; then the bytes its big transfer
+    /// wrote are in the host file.
+    @Test(arguments: [false, true])
+    func socketsAndStorageWorkFromApplicationThreads(polled: Bool) throws {
         let image = try Integration.appio.get()
         let disk = try Integration.blankDisk(megabytes: 2)
         defer { try? FileManager.default.removeItem(atPath: disk) }
@@ -223,22 +225,22 @@ final class TCPEchoServer: @unchecked Sendable {
         let closedPort = Integration.port(7)
         let server = try TCPEchoServer(port: tcpPort)
         defer { server.stop() }
-        let udp = try UDPPeer(port: udpPort, timeout: 1)
-        let answering = UDPAnswerer(peer: udp)
+        let answering = try UDPAnswerer(port: udpPort)
         defer { answering.stop() }
 
         let run = try Integration.run([
             "run", "qemu", "-i", "--timeout", "600", "--machine", "pc", "-b", disk,
             "-I", "net0,virtio-net,user", "-W", "net0,inet,dhcp",
-            "-e", "APPIO_TCP_PORT=\(tcpPort)", "-e", "APPIO_UDP_PORT=\(udpPort)", "-e", "APPIO_CLOSED_PORT=\(closedPort)", image,
+            "-e", "APPIO_TCP_PORT=\(tcpPort)", "-e", "APPIO_UDP_PORT=\(udpPort)", "-e", "APPIO_CLOSED_PORT=\(closedPort)", "-e", "APPIO_POLLED=\(polled ? 1 : 0)", image,
         ])
         #expect(run.status == 0, "console: \(run.stdout)\nstderr: \(run.stderr)")
         let lines = run.stdout.split(separator: "\n").map(String.init)
         let checks = lines.filter { $0.hasSuffix(": ok") || $0.hasSuffix(": FAILED") }
         #expect(checks.count == 13, "console: \(run.stdout)")
         #expect(checks.allSatisfy { $0.hasSuffix(": ok") }, "console: \(run.stdout)")
-        #expect(lines.contains { $0.hasPrefix("appio: disk requests") && $0.hasSuffix(", interrupts counted") })
-        #expect(lines.contains("appio: network interrupts counted"))
+        let interrupts = polled ? "none" : "counted"
+        #expect(lines.contains { $0.hasPrefix("appio: disk requests") && $0.hasSuffix(", interrupts \(interrupts)") }, "console: \(run.stdout)")
+        #expect(lines.contains(polled ? "appio: network polled, interrupts none" : "appio: network MSI-X, interrupts counted"), "console: \(run.stdout)")
         #expect(lines.contains("appio: 0 failures"))
         #expect(server.connections == 4)
 
@@ -249,37 +251,54 @@ final class TCPEchoServer: @unchecked Sendable {
     }
 }
 
-/// Answers "ping" datagrams with "pong" to their sender.
+/// Answers "ping" datagrams on 127.0.0.1:`port` with "pong" to their
+/// sender, until `stop` (the socket closes when the thread ends).
 final class UDPAnswerer: @unchecked Sendable {
-    let peer: UDPPeer
     private let lock = NSLock()
     private var running = true
+    private let finished = DispatchSemaphore(value: 0)
 
-    init(peer: UDPPeer) {
-        self.peer = peer
-        let descriptor = peer.descriptor
+    init(port: Int) throws {
+        let descriptor = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        try #require(descriptor >= 0)
+        var address = UDPPeer.loopback(port)
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0 else {
+            close(descriptor)
+            throw POSIXError(.EADDRINUSE)
+        }
+        var interval = timeval(tv_sec: 0, tv_usec: 200_000)
+        setsockopt(descriptor, SOL_SOCKET, SO_RCVTIMEO, &interval, socklen_t(MemoryLayout<timeval>.size))
         Foundation.Thread { [self] in
             while lock.withLock({ running }) {
                 var buffer = [UInt8](repeating: 0, count: 1500)
-                var address = sockaddr_in()
+                var from = sockaddr_in()
                 var length = socklen_t(MemoryLayout<sockaddr_in>.size)
                 let count = buffer.withUnsafeMutableBytes { raw in
-                    withUnsafeMutablePointer(to: &address) {
+                    withUnsafeMutablePointer(to: &from) {
                         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { recvfrom(descriptor, raw.baseAddress, raw.count, 0, $0, &length) }
                     }
                 }
                 guard count == 4, Array(buffer[0..<4]) == Array("ping".utf8) else { continue }
                 let reply = Array("pong".utf8)
                 _ = reply.withUnsafeBytes { raw in
-                    withUnsafePointer(to: &address) {
+                    withUnsafePointer(to: &from) {
                         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
                             sendto(descriptor, raw.baseAddress, raw.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
                         }
                     }
                 }
             }
+            close(descriptor)
+            finished.signal()
         }.start()
     }
 
-    func stop() { lock.withLock { running = false } }
+    /// Ends the thread and closes the socket.
+    func stop() {
+        lock.withLock { running = false }
+        finished.wait()
+    }
 }

@@ -5,8 +5,9 @@
 // connection refused, UDP send/receive, a receive timeout). The host side
 // is Tests/IntegrationTests/AppIOTests.swift; peers are reached through
 // QEMU's user network at 10.0.2.2. Ports come from the environment:
-// APPIO_TCP_PORT, APPIO_UDP_PORT, APPIO_CLOSED_PORT. Exit 0 when every
-// check passed, 1 otherwise.
+// APPIO_TCP_PORT, APPIO_UDP_PORT, APPIO_CLOSED_PORT; APPIO_POLLED=1 runs
+// the disk and the NIC without interrupts. Exit 0 when every check passed,
+// 1 otherwise.
 import NetStack
 import Rumprun
 
@@ -31,8 +32,9 @@ func pattern(_ sector: UInt64, _ offset: Int, _ writer: Int) -> UInt8 {
 
 // MARK: Storage
 
+let polled = Rumprun.environment("APPIO_POLLED").map { $0.utf8.elementsEqual("1".utf8) } ?? false
 let disk: StorageDevice
-do throws(StorageError) { disk = try StorageDevice.open("blk0") } catch {
+do throws(StorageError) { disk = try StorageDevice.open("blk0", interrupts: !polled) } catch {
     print("appio: \(error.description)")
     Rumprun.exit(2)
 }
@@ -109,7 +111,7 @@ print("appio: disk requests \(disk.requestCount), interrupts \(disk.interruptCou
 // MARK: Network
 
 let network: Network
-do throws(NetworkError) { network = try Network.start() } catch {
+do throws(NetworkError) { network = try Network.start(interrupts: !polled) } catch {
     print("appio: \(error.description)")
     Rumprun.exit(3)
 }
@@ -182,7 +184,7 @@ do throws(NetworkError) {
     print("appio: udp: \(error.description)")
     check(false, "UDP send and receive")
 }
-print("appio: network interrupts \(network.interruptWakeups > 0 ? "counted" : "none")")
+print("appio: network \(network.interfaces[0].interruptMode.map { "\($0)" } ?? "polled"), interrupts \(network.interruptWakeups > 0 ? "counted" : "none")")
 
 network.stop(linger: 200_000_000)
 do throws(StorageError) { try disk.close() } catch { check(false, "disk close") }
