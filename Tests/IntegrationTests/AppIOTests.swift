@@ -139,6 +139,49 @@ func valueBytes(_ count: Int, seed: UInt8) -> Data { Data((0..<count).map { UInt
         #expect(secondRun.console.contains("(DHCP)"))
     }
 
+    /// Writes fail in QEMU's blkdebug layer (EIO on every write, reads
+    /// work): a PUT is answered with the device error, nothing it could not
+    /// store is served, and the exit status reports the failed final flush;
+    /// on a blank disk the superblock write fails and
+    /// the server refuses to start.
+    @Test func aFailingDiskGivesErrorsNotSilentLoss() throws {
+        let image = try Integration.kvstore.get()
+        let disk = try Integration.blankDisk(megabytes: 1)
+        defer { try? FileManager.default.removeItem(atPath: disk) }
+        let rules = Integration.imageDirectory + "/blkdebug-\(UUID().uuidString).conf"
+        try "[inject-error]\nevent = \"write_aio\"\nerrno = \"5\"\n".write(toFile: rules, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: rules) }
+        let failingWrites = "-set drive.blk0.file=blkdebug:\(rules):\(disk) -set drive.blk0.werror=report"
+
+        let blank = try Integration.run(["run", "qemu", "-i", "--timeout", "300", "--machine", "pc", "-b", disk, "-g", failingWrites, image])
+        #expect(blank.status == 2, "console: \(blank.stdout)")
+        #expect(blank.stdout.contains("kvstore: disk: device error (code "), "console: \(blank.stdout)")
+
+        // A formatted disk (the superblock's magic is all recovery checks).
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: disk))
+        try handle.write(contentsOf: Data("KVSTORE1".utf8))
+        try handle.close()
+        let port = Integration.port(4)
+        let base = "http://127.0.0.1:\(port)"
+        let guest = try Integration.start([
+            "run", "qemu", "-i", "--timeout", "300", "--machine", "pc", "-b", disk, "-g", failingWrites,
+            "-I", "net0,virtio-net,user,hostfwd=tcp:127.0.0.1:\(port)-:80", "-W", "net0,inet,static,10.0.2.15/24,10.0.2.2", image,
+        ])
+        #expect(Integration.waitForServer(base + "/stats", guest: guest))
+        let put = Integration.request("PUT", base + "/k/lost", body: Data("never stored".utf8))
+        #expect(put.status == 500)
+        #expect(String(decoding: put.body, as: UTF8.self).hasPrefix("disk: device error (code "))
+        #expect(Integration.request("GET", base + "/k/lost").status == 404)
+        #expect(Integration.request("GET", base + "/quit").status == 200)
+        // QEMU fails the final flush as well: the exit status says so.
+        let run = guest.finish()
+        #expect(run.status == 1, "console: \(run.console)")
+        #expect(run.console.contains("kvstore: PUT lost: disk: device error (code "))
+        #expect(run.console.contains("kvstore: closing the disk: device error (code "))
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: disk))
+        #expect(bytes.range(of: Data("never stored".utf8)) == nil)
+    }
+
     @Test func aMissingDiskOrNICIsAClearErrorAndANonZeroExit() throws {
         let image = try Integration.kvstore.get()
         let noDisk = try Integration.run(["run", "qemu", "-i", "--timeout", "300", "--machine", "pc", "-I", "net0,virtio-net,user", image])
