@@ -53,7 +53,7 @@ public enum NetworkError: Error, Equatable {
         switch self {
         case .noInterfaceConfigured:
             return "no network interface: run with -I net0,virtio-net,user (or e1000) on --machine pc"
-        case .deviceNotFound(let tag, let driver): return "\(tag): no \(driver) device on the PCI bus"
+        case .deviceNotFound(let tag, let driver): return "\(tag): no \(driver) device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
         case .unsupportedDriver(let tag, let driver): return "\(tag): driver \(driver) is not supported here (use virtio-net or e1000)"
         case .driverFailed(let tag, let driver, let code): return "\(tag): the \(driver) driver failed to start (code \(code))"
         case .badAddress(let tag, let address): return "\(tag): bad address \(address)"

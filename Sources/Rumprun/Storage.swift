@@ -33,7 +33,7 @@ public enum StorageError: Error, Equatable {
         switch self {
         case .notConfigured(let tag, let available):
             return "no block device '\(tag)' (the launcher attached \(available.isEmpty ? "none; run with -b FILE" : "\(available)"))"
-        case .deviceNotFound(let tag): return "\(tag): no virtio-blk device on the PCI bus"
+        case .deviceNotFound(let tag): return "\(tag): no virtio-blk device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
         case .unsupportedDriver(let tag, let driver): return "\(tag): driver \(driver) is not supported here"
         case .driverFailed(let tag, let code): return "\(tag): the virtio-blk driver failed to start (code \(code))"
         case .alreadyOpen(let tag): return "\(tag): already open"

@@ -193,6 +193,11 @@ func valueBytes(_ count: Int, seed: UInt8) -> Data { Data((0..<count).map { UInt
         let noNIC = try Integration.run(["run", "qemu", "-i", "--timeout", "300", "--machine", "pc", "-b", disk, image])
         #expect(noNIC.status == 3)
         #expect(noNIC.stdout.contains("kvstore: no network interface: run with -I net0,virtio-net,user (or e1000) on --machine pc\n"), "console: \(noNIC.stdout)")
+
+        // microvm's PCIe host has no port-based configuration access.
+        let microvm = try Integration.run(["run", "qemu", "-i", "--timeout", "300", "-b", disk, "-I", "net0,virtio-net,user", image])
+        #expect(microvm.status == 2)
+        #expect(microvm.stdout.contains("kvstore: blk0: no virtio-blk device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)\n"), "console: \(microvm.stdout)")
     }
 }
 
