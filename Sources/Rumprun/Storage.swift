@@ -50,11 +50,20 @@ public enum StorageError: Error, Equatable {
 typealias VirtioBlockDevice = VirtioBlock<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
 
 /// Threads waiting for a disk's completions; the interrupt handler wakes
-/// them by id (values only: nothing is allocated in the handler).
+/// them by id. Fixed storage allocated once, so the handler neither
+/// allocates nor triggers a copy-on-write (plain values only).
 enum StorageWakeup {
     static var slots: Int { 8 }
-    nonisolated(unsafe) static var waiting = [ThreadID?](repeating: nil, count: 8)
-    nonisolated(unsafe) static var interrupts = [UInt64](repeating: 0, count: 8)
+    nonisolated(unsafe) static let waiting: UnsafeMutablePointer<ThreadID?> = {
+        let pointer = UnsafeMutablePointer<ThreadID?>.allocate(capacity: 8)
+        pointer.initialize(repeating: nil, count: 8)
+        return pointer
+    }()
+    nonisolated(unsafe) static let interrupts: UnsafeMutablePointer<UInt64> = {
+        let pointer = UnsafeMutablePointer<UInt64>.allocate(capacity: 8)
+        pointer.initialize(repeating: 0, count: 8)
+        return pointer
+    }()
 
     static func wake(_ slot: Int) {
         interrupts[slot] &+= 1
