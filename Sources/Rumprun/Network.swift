@@ -276,7 +276,7 @@ public final class Network {
 
     /// Lets the network thread look at the stack again (after a user call
     /// that queued segments or moved a timer).
-    func kick() { thread?.wake() }
+    func kick() { if running { thread?.wake() } }
 
     /// Stops the network thread and the NICs' DMA; sockets fail with
     /// `.closed` afterwards. Call before the guest exits when connections
@@ -300,7 +300,7 @@ public final class Network {
         }
         lock.unlock()
         guard wasRunning else { return }
-        kick()
+        thread?.wake()
         stopped.down()
         NetworkThreadWakeup.thread = nil
         stopDevices()
@@ -388,8 +388,11 @@ public final class Network {
     func release(_ state: SocketWaitState, abort: Bool = false) {
         lock.lock()
         if !state.closed {
+            // After `stop` the devices are reset: the stack sends nothing more.
+            if running {
+                if abort { stack.abort(state.handle) } else { stack.close(state.handle) }
+            }
             state.closed = true
-            if abort { stack.abort(state.handle) } else { stack.close(state.handle) }
             state.condition.broadcast()
         }
         waitStates.removeValue(forKey: state.handle.rawValue)
