@@ -40,7 +40,7 @@ var targets: [Target] = [
     ),
     .target(
         name: "Rumprun",
-        dependencies: ["BareMetalKit"],
+        dependencies: ["BareMetalKit", "DeviceInterfaces", "NetStack"],
         swiftSettings: guestSwiftSettings
     ),
     // Driver-facing contracts shared by hw drivers, Xen frontends and users.
@@ -145,6 +145,8 @@ if !guest {
         .testTarget(name: "XenPVKitTests", dependencies: ["XenPVKit", "CXen"]),
         .testTarget(name: "NetStackTests", dependencies: ["NetStack"]),
         .testTarget(name: "DeviceInterfacesTests", dependencies: ["DeviceInterfaces"]),
+        // Examples/kvstore's record log and HTTP parsing (symbolic links).
+        .testTarget(name: "KVStoreTests"),
         .testTarget(name: "IntegrationTests", dependencies: ["UnikernelBake", "bake", "rumprun-cli"]),
     ]
     products += [

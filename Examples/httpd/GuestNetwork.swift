@@ -1,6 +1,6 @@
 // GuestNetwork: what a single-interface NetStack unikernel does before its
-// poll loop: a TSC clock calibrated with the PIT (present on QEMU's pc
-// machine), the NIC the launcher attached (GuestNIC), and its IPv4 address
+// poll loop: a clock (the platform's, calibrated at boot), the NIC the
+// launcher attached (GuestNIC), and its IPv4 address
 // from the launcher's JSON configuration (-W tag,inet,static,... or dhcp;
 // DHCP when absent). Shared by Examples/httpd and Examples/udp-echo (a
 // symbolic link there).
@@ -15,19 +15,18 @@ func fail(_ application: StaticString, _ message: String) -> Never {
     Rumprun.exit(1)
 }
 
-/// Monotonic nanoseconds since the clock was made (the TSC, calibrated
-/// against the PIT).
+/// Monotonic nanoseconds since the clock was made: Rumprun.Clock, the TSC
+/// the platform calibrated at boot (kvmclock, CPUID, PIT or HPET). Nil when
+/// the platform found no way to calibrate it.
 struct GuestClock {
-    let scale: TickScale
     let start: UInt64
 
     init?() {
-        guard let scale = PlatformCore.calibrateTSCWithPIT(milliseconds: 50) else { return nil }
-        self.scale = scale
-        start = PlatformCore.readTSC()
+        guard Clock.tscFrequency > 0 else { return nil }
+        start = Clock.monotonic
     }
 
-    func now() -> UInt64 { scale.nanoseconds(ticks: PlatformCore.readTSC() &- start) }
+    func now() -> UInt64 { Clock.monotonic &- start }
 }
 
 /// The addressing of the launcher's first interface; DHCP when none is given.

@@ -1,0 +1,202 @@
+// NetworkDevice: the NICs an application's network runs on (virtio-net and
+// e1000 on PCI) behind one NetworkInterface type, with their interrupts
+// connected so that a received frame wakes the network thread.
+#if hasFeature(Embedded)
+import BareMetalKit
+import DeviceInterfaces
+
+typealias VirtioNetworkDevice = VirtioNetwork<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
+typealias E1000NetworkDevice = E1000<MMIORegisters, HeapDMAMemory>
+
+/// Whichever driver the machine needs, behind one type (NetworkStack takes
+/// one interface type and Embedded Swift has no existentials).
+enum NetworkDevice: NetworkInterface {
+    case virtio(VirtioNetworkDevice)
+    case e1000(E1000NetworkDevice)
+    /// Only while a mutating call has the driver out of the enum, so the
+    /// driver's buffers stay uniquely referenced (no copy-on-write copies).
+    case detached
+
+    var macAddress: MACAddress {
+        switch self {
+        case .virtio(let nic): return nic.macAddress
+        case .e1000(let nic): return nic.macAddress
+        case .detached: return MACAddress(0, 0, 0, 0, 0, 0)
+        }
+    }
+
+    var mtu: Int {
+        switch self {
+        case .virtio(let nic): return nic.mtu
+        case .e1000(let nic): return nic.mtu
+        case .detached: return 1500
+        }
+    }
+
+    var isLinkUp: Bool {
+        switch self {
+        case .virtio(let nic): return nic.isLinkUp
+        case .e1000(let nic): return nic.isLinkUp
+        case .detached: return false
+        }
+    }
+
+    var statistics: NetworkInterfaceStatistics {
+        switch self {
+        case .virtio(let nic): return nic.statistics
+        case .e1000(let nic): return nic.statistics
+        case .detached: return NetworkInterfaceStatistics()
+        }
+    }
+
+    mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            defer { self = .virtio(nic) }
+            try nic.send(frame: frame)
+        case .e1000(var nic):
+            self = .detached
+            defer { self = .e1000(nic) }
+            try nic.send(frame: frame)
+        case .detached:
+            throw .linkDown
+        }
+    }
+
+    mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            defer { self = .virtio(nic) }
+            return try nic.receive(limit: limit, body)
+        case .e1000(var nic):
+            self = .detached
+            defer { self = .e1000(nic) }
+            return try nic.receive(limit: limit, body)
+        case .detached:
+            throw .linkDown
+        }
+    }
+
+    mutating func beginTransmitBatch() {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            nic.beginTransmitBatch()
+            self = .virtio(nic)
+        case .e1000(var nic):
+            self = .detached
+            nic.beginTransmitBatch()
+            self = .e1000(nic)
+        case .detached: break
+        }
+    }
+
+    mutating func endTransmitBatch() {
+        switch self {
+        case .virtio(var nic):
+            self = .detached
+            nic.endTransmitBatch()
+            self = .virtio(nic)
+        case .e1000(var nic):
+            self = .detached
+            nic.endTransmitBatch()
+            self = .e1000(nic)
+        case .detached: break
+        }
+    }
+
+    /// Stops the device's DMA.
+    func shutdown() {
+        switch self {
+        case .virtio(let nic): try? nic.shutdown()
+        case .e1000(let nic): nic.shutdown()
+        case .detached: break
+        }
+    }
+}
+
+/// A NIC found on PCI and started, with how its interrupts were connected.
+struct StartedNetworkDevice {
+    var device: NetworkDevice
+    /// "MSI-X", "MSI or INTx", "INTx"; nil when polled.
+    var interruptMode: StaticString?
+    var detach: (() -> Void)?
+}
+
+/// The thread that runs the stack; interrupt handlers wake it by its id
+/// (a value: nothing is retained or allocated in the handler).
+enum NetworkThreadWakeup {
+    nonisolated(unsafe) static var thread: ThreadID? = nil
+    nonisolated(unsafe) static var interrupts: UInt64 = 0
+
+    static func wake() {
+        interrupts &+= 1
+        if let thread { _ = ThreadRuntime.wake(thread) }
+    }
+}
+
+enum NetworkDeviceProbe {
+    static var access: PortConfigurationAccess<PortRegisters> { PortConfigurationAccess(ports: PortRegisters(base: 0xCF8)) }
+
+    /// "virtio-net" or "e1000" for a PCI function these drivers handle.
+    static func driverName(of function: PCIFunctionInfo) -> StaticString? {
+        if function.vendorID == E1000NetworkDevice.vendorID && function.deviceID == E1000NetworkDevice.deviceID { return "e1000" }
+        if VirtioPCI.deviceType(of: function) == VirtioPCI.networkType { return "virtio-net" }
+        return nil
+    }
+
+    /// The NIC functions on the PCI bus, in enumeration order (which is the
+    /// order rumprun-cli adds `-I` devices to QEMU's command line).
+    static func functions() -> [(function: PCIFunctionInfo, driver: StaticString)] {
+        var found: [(function: PCIFunctionInfo, driver: StaticString)] = []
+        for function in PCIEnumerator.enumerate(access) {
+            if let driver = driverName(of: function) { found.append((function, driver)) }
+        }
+        return found
+    }
+
+    /// Starts the driver of `function` and connects its interrupts (falls
+    /// back to polling when they cannot be connected).
+    static func start(_ function: PCIFunctionInfo, driver: StaticString, tag: String, interrupts: Bool) throws(NetworkError) -> StartedNetworkDevice {
+        let access = self.access
+        if driver.utf8CodeUnitCount == 5 {
+            let nic: E1000NetworkDevice
+            do throws(E1000Error) {
+                nic = try E1000NetworkDevice(function: function.address, access: access, mapper: IdentityMappedIO(), dma: HeapDMAMemory())
+            } catch {
+                throw .driverFailed(tag: tag, driver: "e1000", code: 0)
+            }
+            guard interrupts else { return StartedNetworkDevice(device: .e1000(nic), interruptMode: nil, detach: nil) }
+            do throws(InterruptError) {
+                let registration = try nic.attachInterrupts(function: function.address, access: access) { _ in NetworkThreadWakeup.wake() }
+                return StartedNetworkDevice(device: .e1000(nic), interruptMode: registration.line == nil ? "MSI" : "INTx", detach: { nic.detachInterrupts(registration) })
+            } catch {
+                return StartedNetworkDevice(device: .e1000(nic), interruptMode: nil, detach: nil)
+            }
+        }
+        let transport: VirtioPCIModernTransport<MMIORegisters>
+        let nic: VirtioNetworkDevice
+        do throws(VirtioError) {
+            transport = try VirtioPCIModernTransport(function: function.address, access: access, mapper: IdentityMappedIO())
+            nic = try VirtioNetworkDevice(transport: transport, dma: HeapDMAMemory())
+        } catch {
+            throw .driverFailed(tag: tag, driver: "virtio-net", code: error.code)
+        }
+        guard interrupts else {
+            nic.setPolled(true)
+            return StartedNetworkDevice(device: .virtio(nic), interruptMode: nil, detach: nil)
+        }
+        do throws(InterruptError) {
+            let binding = try transport.attachInterrupts(access: access, queueCount: 2) { _ in NetworkThreadWakeup.wake() }
+            nic.setPolled(false)
+            return StartedNetworkDevice(
+                device: .virtio(nic), interruptMode: binding.kind == .msix ? "MSI-X" : "INTx", detach: { binding.detach(access: access) })
+        } catch {
+            nic.setPolled(true)
+            return StartedNetworkDevice(device: .virtio(nic), interruptMode: nil, detach: nil)
+        }
+    }
+}
+#endif

@@ -1,0 +1,1 @@
+../../Examples/kvstore/HTTPRequest.swift

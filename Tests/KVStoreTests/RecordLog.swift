@@ -1,0 +1,1 @@
+../../Examples/kvstore/RecordLog.swift
