@@ -11,7 +11,7 @@ import DeviceInterfaces
 import NetStack
 import Rumprun
 
-guard let clock = GuestClock() else { fail("httpd", "cannot calibrate the TSC (no PIT; use --machine pc)") }
+guard let clock = GuestClock() else { fail("httpd", "the platform clock is not calibrated") }
 func now() -> UInt64 { clock.now() }
 let (stack, interface) = startNetwork("httpd", clock: clock)
 

@@ -11,7 +11,7 @@ import DeviceInterfaces
 import NetStack
 import Rumprun
 
-guard let clock = GuestClock() else { fail("udp-echo", "cannot calibrate the TSC (no PIT; use --machine pc)") }
+guard let clock = GuestClock() else { fail("udp-echo", "the platform clock is not calibrated") }
 let (stack, interface) = startNetwork("udp-echo", clock: clock)
 
 let socket: SocketHandle

@@ -261,10 +261,11 @@ final class TCPEchoServer: @unchecked Sendable {
 
 @Suite(.serialized) struct ApplicationIOTests {
     /// The appio guest's checks against peers written here, with the
-    /// devices' interrupts and polled; then the bytes its big transfer
-    /// wrote are in the host file.
-    @Test(arguments: [false, true])
-    func socketsAndStorageWorkFromApplicationThreads(polled: Bool) throws {
+    /// devices' interrupts and polled, and on two CPUs (application threads,
+    /// the network thread and device completions then run on either CPU);
+    /// then the bytes its big transfer wrote are in the host file.
+    @Test(arguments: [(false, 1), (true, 1), (false, 2)])
+    func socketsAndStorageWorkFromApplicationThreads(polled: Bool, processors: Int) throws {
         let image = try Integration.appio.get()
         let disk = try Integration.blankDisk(megabytes: 2)
         defer { try? FileManager.default.removeItem(atPath: disk) }
@@ -277,7 +278,7 @@ final class TCPEchoServer: @unchecked Sendable {
         defer { answering.stop() }
 
         let run = try Integration.run([
-            "run", "qemu", "-i", "--timeout", "600", "--machine", "pc", "-b", disk,
+            "run", "qemu", "-i", "--timeout", "600", "--machine", "pc", "--smp", String(processors), "-b", disk,
             "-I", "net0,virtio-net,user", "-W", "net0,inet,dhcp",
             "-e", "APPIO_TCP_PORT=\(tcpPort)", "-e", "APPIO_UDP_PORT=\(udpPort)", "-e", "APPIO_CLOSED_PORT=\(closedPort)", "-e", "APPIO_POLLED=\(polled ? 1 : 0)", image,
         ])
