@@ -1,6 +1,6 @@
 // GuestNetwork: what a single-interface NetStack unikernel does before its
 // poll loop: a clock (the platform's, calibrated at boot), the NIC the
-// launcher attached (GuestNIC), and its IPv4 address
+// launcher attached (Rumprun.NetworkDevice, polled), and its IPv4 address
 // from the launcher's JSON configuration (-W tag,inet,static,... or dhcp;
 // DHCP when absent). Shared by Examples/httpd and Examples/udp-echo (a
 // symbolic link there).
@@ -44,15 +44,15 @@ func configuredSpecification() -> NetworkSpecification? {
 /// A stack on the configured NIC with its address in place (waits up to 30 s
 /// for a DHCP lease). Prints the driver and, with DHCP, the lease; exits
 /// with status 1 on failure.
-func startNetwork(_ application: StaticString, clock: GuestClock) -> (stack: NetworkStack<GuestNIC>, interface: Int) {
-    guard let nic = GuestNIC.probeConfigured() else {
+func startNetwork(_ application: StaticString, clock: GuestClock) -> (stack: NetworkStack<NetworkDevice>, interface: Int) {
+    guard let nic = NetworkDevice.probeConfigured() else {
         fail(application, "no usable NIC (run with --machine pc -I net0,virtio-net|e1000,...)")
     }
     print("\(application): \(nic.driverName) driver")
     guard let specification = configuredSpecification() else { fail(application, "bad address configuration") }
     var configuration = NetworkStackConfiguration()
     configuration.seed = PlatformCore.readTSC()
-    let stack = NetworkStack<GuestNIC>(configuration: configuration)
+    let stack = NetworkStack<NetworkDevice>(configuration: configuration)
     let interface: Int
     switch specification {
     case .static(let address):

@@ -5,7 +5,7 @@
 // counters at /stats, and ends the guest at /quit. Run it with:
 //   rumprun-cli run qemu -i --machine pc \
 //     -I net0,virtio-net,user,hostfwd=tcp:127.0.0.1:8080-:80 -W net0,inet,dhcp httpd.img
-// (or -I net0,e1000,...). Bring-up is in GuestNetwork.swift and GuestNIC.swift.
+// (or -I net0,e1000,...). Bring-up is in GuestNetwork.swift; the NIC is Rumprun.NetworkDevice.
 import BareMetalKit
 import DeviceInterfaces
 import NetStack

@@ -5,7 +5,7 @@
 // datagram "quit" ends the guest with status 0 after it is echoed.
 //   rumprun-cli run qemu -i --machine pc \
 //     -I net0,virtio-net,user,hostfwd=udp:127.0.0.1:7777-:7 -W net0,inet,dhcp udp-echo.img
-// Bring-up (clock, NIC, address) is in GuestNetwork.swift and GuestNIC.swift.
+// Bring-up (clock, NIC, address) is in GuestNetwork.swift; the NIC is Rumprun.NetworkDevice.
 import BareMetalKit
 import DeviceInterfaces
 import NetStack

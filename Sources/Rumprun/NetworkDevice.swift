@@ -5,19 +5,21 @@
 import BareMetalKit
 import DeviceInterfaces
 
-typealias VirtioNetworkDevice = VirtioNetwork<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
-typealias E1000NetworkDevice = E1000<MMIORegisters, HeapDMAMemory>
+public typealias VirtioNetworkDevice = VirtioNetwork<VirtioPCIModernTransport<MMIORegisters>, HeapDMAMemory>
+public typealias E1000NetworkDevice = E1000<MMIORegisters, HeapDMAMemory>
 
 /// Whichever driver the machine needs, behind one type (NetworkStack takes
-/// one interface type and Embedded Swift has no existentials).
-enum NetworkDevice: NetworkInterface {
+/// one interface type and Embedded Swift has no existentials). `Network`
+/// uses it; an application that runs its own poll loop over NetStack
+/// (Examples/httpd) takes one from `probe(driver:)`.
+public enum NetworkDevice: NetworkInterface {
     case virtio(VirtioNetworkDevice)
     case e1000(E1000NetworkDevice)
     /// Only while a mutating call has the driver out of the enum, so the
     /// driver's buffers stay uniquely referenced (no copy-on-write copies).
     case detached
 
-    var macAddress: MACAddress {
+    public var macAddress: MACAddress {
         switch self {
         case .virtio(let nic): return nic.macAddress
         case .e1000(let nic): return nic.macAddress
@@ -25,7 +27,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    var mtu: Int {
+    public var mtu: Int {
         switch self {
         case .virtio(let nic): return nic.mtu
         case .e1000(let nic): return nic.mtu
@@ -33,7 +35,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    var isLinkUp: Bool {
+    public var isLinkUp: Bool {
         switch self {
         case .virtio(let nic): return nic.isLinkUp
         case .e1000(let nic): return nic.isLinkUp
@@ -41,7 +43,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    var statistics: NetworkInterfaceStatistics {
+    public var statistics: NetworkInterfaceStatistics {
         switch self {
         case .virtio(let nic): return nic.statistics
         case .e1000(let nic): return nic.statistics
@@ -49,7 +51,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
+    public mutating func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
         switch self {
         case .virtio(var nic):
             self = .detached
@@ -64,7 +66,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
+    public mutating func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
         switch self {
         case .virtio(var nic):
             self = .detached
@@ -79,7 +81,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    mutating func beginTransmitBatch() {
+    public mutating func beginTransmitBatch() {
         switch self {
         case .virtio(var nic):
             self = .detached
@@ -93,7 +95,7 @@ enum NetworkDevice: NetworkInterface {
         }
     }
 
-    mutating func endTransmitBatch() {
+    public mutating func endTransmitBatch() {
         switch self {
         case .virtio(var nic):
             self = .detached
@@ -108,12 +110,39 @@ enum NetworkDevice: NetworkInterface {
     }
 
     /// Stops the device's DMA.
-    func shutdown() {
+    public func shutdown() {
         switch self {
         case .virtio(let nic): try? nic.shutdown()
         case .e1000(let nic): nic.shutdown()
         case .detached: break
         }
+    }
+
+    /// "virtio-net" or "e1000", as rumprun-cli names the drivers.
+    public var driverName: StaticString {
+        switch self {
+        case .virtio: return "virtio-net"
+        case .e1000: return "e1000"
+        case .detached: return "none"
+        }
+    }
+
+    /// Starts the driver of the first NIC on PCI whose driver is `driver`
+    /// ("virtio-net", "e1000"), or of the first supported NIC when nil, in
+    /// polled mode (the caller's loop calls `receive`). Nil when there is
+    /// none or its driver fails to start.
+    public static func probe(driver: String?) -> NetworkDevice? {
+        for (function, name) in NetworkDeviceProbe.functions() {
+            if let driver, !driver.utf8.elementsEqual(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)) { continue }
+            if let started = try? NetworkDeviceProbe.start(function, driver: name, tag: "", interrupts: false) { return started.device }
+        }
+        return nil
+    }
+
+    /// The NIC of the launcher's first interface (`-I`), else the first
+    /// one PCI finds; polled.
+    public static func probeConfigured() -> NetworkDevice? {
+        probe(driver: Rumprun.networkInterfaces.first?.driver)
     }
 }
 

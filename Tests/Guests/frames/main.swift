@@ -40,7 +40,7 @@ func parseIPv4(_ text: String) -> (UInt8, UInt8, UInt8, UInt8)? {
     return (UInt8(parts[0]), UInt8(parts[1]), UInt8(parts[2]), UInt8(parts[3]))
 }
 
-guard var nic = GuestNIC.probeConfigured() else {
+guard var nic = NetworkDevice.probeConfigured() else {
     print("frames: no usable NIC (run with --machine pc -I net0,virtio-net|e1000,...)")
     Rumprun.exit(1)
 }

@@ -1,1 +1,0 @@
-../httpd/GuestNIC.swift
