@@ -66,23 +66,7 @@ struct NotifiedPort: NetworkInterface {
     let b = NetworkStack<NotifiedPort>(configuration: NetworkStackConfiguration())
     a.attach(NotifiedPort(wire: wire, side: 0, macAddress: TwoHosts.macA), configuration: IPv4InterfaceConfiguration(address: TwoHosts.addressA, prefixLength: 24))
     b.attach(NotifiedPort(wire: wire, side: 1, macAddress: TwoHosts.macB), configuration: IPv4InterfaceConfiguration(address: TwoHosts.addressB, prefixLength: 24))
-    let listener = try b.listen(port: 80)
-    let client = try a.connect(to: IPv4Endpoint(address: TwoHosts.addressB, port: 80))
-    let size = 1 << 20
-    let data = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
-    var sent = 0
-    var received: [UInt8] = []
-    var server: SocketHandle?
-    var now: UInt64 = 0
-    for _ in 0..<20_000 where received.count < size {
-        now += 1_000_000
-        a.poll(now: now)
-        b.poll(now: now)
-        if server == nil { server = try? b.accept(listener) }
-        while sent < size, let n = try? a.write(client, Array(data[sent..<min(size, sent + 65536)])), n > 0 { sent += n }
-        if let server { while let bytes = try? b.read(server, maximumCount: 1 << 20), !bytes.isEmpty { received += bytes } }
-    }
-    #expect(received == data)
+    #expect(try transferOneMebibyte(from: a, to: b))
     #expect(wire.batchesOpen == [0, 0])
     #expect(wire.queued[0].isEmpty && wire.queued[1].isEmpty)
     #expect(a.statistics.tcpRetransmissions == 0)
