@@ -335,7 +335,8 @@ public final class Network {
     ) throws(NetworkError) -> Result {
         lock.lock()
         defer { lock.unlock() }
-        while true {
+        /// One try: the result, or nil when the call would block.
+        func once() throws(NetworkError) -> Result? {
             if state.closed || !running { throw .closed }
             do throws(SocketError) {
                 let result = try attempt()
@@ -346,7 +347,11 @@ public final class Network {
                     kick()
                     throw NetworkError(error)
                 }
+                return nil
             }
+        }
+        while true {
+            if let result = try once() { return result }
             state.readiness = stack.readiness(state.handle)
             state.waiters += 1
             var signalled = true
@@ -358,14 +363,8 @@ public final class Network {
             state.waiters -= 1
             if !signalled, let deadline, Clock.monotonic >= deadline {
                 // One more try: the readiness may have changed at the deadline.
-                if state.closed || !running { throw .closed }
-                do throws(SocketError) {
-                    let result = try attempt()
-                    kick()
-                    return result
-                } catch {
-                    throw error == .wouldBlock ? NetworkError.timedOut : NetworkError(error)
-                }
+                if let result = try once() { return result }
+                throw .timedOut
             }
         }
     }
