@@ -163,28 +163,67 @@ enum BlockIOWorker {
         var argument: UnsafeMutableRawPointer?
     }
 
+    /// The worker thread: none yet, being created by one submitter (others
+    /// only queue), or running.
+    enum WorkerState {
+        case none
+        case starting
+        case running(ThreadID)
+    }
+
     nonisolated(unsafe) static var queue: [Request] = []
-    nonisolated(unsafe) static var worker: ThreadID? = nil
+    nonisolated(unsafe) static var worker = WorkerState.none
     static var batchSize: Int { 16 }
 
     static func submit(_ request: Request) {
-        critical { queue.append(request) }
-        if let worker {
-            ThreadRuntime.wake(worker)
-            return
+        // Decided under the lock, so two CPUs submitting the first requests
+        // at once start one worker between them.
+        enum Next {
+            case wake(ThreadID)
+            case nothing
+            case start
         }
-        do throws(ThreadError) {
-            let control = try ThreadRuntime.spawn(name: bytes(of: "rumpuser-bio"), stackSize: GuestThreads.stackSize) { run() }
-            ThreadRuntime.detach(control)
-            worker = control.id
-        } catch {
-            // No thread: complete the queue here, in the caller.
-            let batch = critical { takeBatch() }
-            for request in batch {
-                let result = Upcalls.blocking { perform(request) }
-                request.done?(request.argument, result.0, result.1)
+        let next: Next = critical {
+            queue.append(request)
+            switch worker {
+            case .running(let id): return .wake(id)
+            case .starting: return .nothing
+            case .none:
+                worker = .starting
+                return .start
             }
         }
+        switch next {
+        case .wake(let id): ThreadRuntime.wake(id)
+        case .nothing: break
+        case .start:
+            do throws(ThreadError) {
+                let control = try ThreadRuntime.spawn(name: bytes(of: "rumpuser-bio"), stackSize: GuestThreads.stackSize) { run() }
+                ThreadRuntime.detach(control)
+                critical { worker = .running(control.id) }
+                // Requests queued while it was starting may have found it
+                // blocked already: one wake-up covers them (it is kept if
+                // the worker is not blocked yet).
+                ThreadRuntime.wake(control.id)
+            } catch {
+                // No thread: complete the queue here, in the caller; the
+                // next submitter tries again.
+                let batch = critical {
+                    worker = .none
+                    return takeAll()
+                }
+                for request in batch {
+                    let result = Upcalls.blocking { perform(request) }
+                    request.done?(request.argument, result.0, result.1)
+                }
+            }
+        }
+    }
+
+    static func takeAll() -> [Request] {
+        let all = queue
+        queue.removeAll()
+        return all
     }
 
     static func takeBatch() -> [Request] {
