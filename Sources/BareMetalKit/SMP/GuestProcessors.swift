@@ -316,12 +316,16 @@ extension Processors {
         // ACPI, such as qboot on microvm with acpi=off).
         let firmware = Platform.firmware
         let plan: ProcessorStartupPlan
-        if let apic = localAPIC, let madt = firmware.madt {
+        guard let apic = localAPIC else {
+            setUpBootProcessor(apicID: 0)
+            return
+        }
+        if let madt = firmware.madt {
             plan = ProcessorStartupPlan(processors: madt.processors, bootAPICID: apic.id, limit: limit, x2APIC: apic.isX2APIC)
-        } else if let apic = localAPIC, let multiprocessor = firmware.multiprocessor {
+        } else if let multiprocessor = firmware.multiprocessor {
             plan = ProcessorStartupPlan(multiprocessor: multiprocessor, bootAPICID: apic.id, limit: limit)
         } else {
-            setUpBootProcessor(apicID: localAPIC?.id ?? 0)
+            setUpBootProcessor(apicID: apic.id)
             return
         }
         // The start-up delays need the TSC rate (the clock calibrates once).

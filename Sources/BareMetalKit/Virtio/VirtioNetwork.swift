@@ -162,7 +162,7 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         guard frame.count >= 14 else { throw .frameTooSmall(size: frame.count) }
         guard frame.count <= Self.maximumFrame else { throw .frameTooLarge(size: frame.count, limit: Self.maximumFrame) }
         do throws(VirtioError) {
-            if try core.pollStatus() { linkUpAtLastCheck = isLinkUp }
+            try pollStatusAndLink()
         } catch {
             throw stop(error)
         }
@@ -208,7 +208,7 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         if let fault { throw .deviceError(code: fault.code) }
         var delivered = 0
         do throws(VirtioError) {
-            if try core.pollStatus() { linkUpAtLastCheck = isLinkUp }
+            try pollStatusAndLink()
             while delivered < limit, let element = try receiveQueue.next() {
                 let buffer = bufferOfHead[Int(element.id)]
                 bufferOfHead[Int(element.id)] = -1
@@ -288,6 +288,11 @@ public struct VirtioNetwork<Transport: VirtioTransport, DMA: DMAMemory>: Network
         statistics.framesReceived += 1
         statistics.bytesReceived += mergeLength
         return true
+    }
+
+    /// `pollStatus`, re-reading the link whenever that read the ISR.
+    mutating func pollStatusAndLink() throws(VirtioError) {
+        if try core.pollStatus() { linkUpAtLastCheck = isLinkUp }
     }
 
     public mutating func beginTransmitBatch() { batchingTransmissions = true }
