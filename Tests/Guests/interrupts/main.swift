@@ -156,6 +156,10 @@ if routing.isaOverrides.contains(where: { $0.irq == 0 }) {
 // MARK: Unexpected vectors, IPIs, storms
 
 do {
+    // An RTC or PIT interrupt raised just before its line was unregistered
+    // can still sit in the local APIC; 0xD0 outranks it, so it would arrive
+    // right after 0xD0 and be counted too. Let such stragglers in first.
+    _ = sleep(until: { false }, milliseconds: 20)
     let before = Interrupts.statistics.unhandled
     Interrupts.sendSelfIPI(vector: 0xD0)
     _ = sleep(until: { Interrupts.statistics.unhandled != before }, milliseconds: 2000)
