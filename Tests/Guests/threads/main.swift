@@ -140,9 +140,12 @@ func testSleep() {
     // Sleepers wake in deadline order.
     var order: [Int] = []
     var sleepers: [Thread] = []
+    // Absolute deadlines fixed before any sleeper starts: a host that stalls
+    // QEMU between two spawns must not reorder them (relative sleeps did).
+    let base = Clock.monotonic + 50_000_000
     for index in [3, 1, 2] {
         sleepers.append(Thread.spawn {
-            Thread.sleep(nanoseconds: UInt64(index) * 5_000_000)
+            Thread.sleep(until: base + UInt64(index) * 10_000_000)
             order.append(index)
             return 0
         }!)
