@@ -1,0 +1,498 @@
+// Run-time device tests: xenbus discovery of device/vif and device/vbd,
+// the handshakes, the data path through the Rumprun-facing interfaces
+// (DeviceInterfaces' PlatformNetworkInterface / PlatformBlockDevice), the
+// event upcall waking handlers, watch routing and request timeouts, all
+// against the simulated hypervisor, the xenstore daemon model and the
+// netback/blkback models.
+import CXen
+import DeviceInterfaces
+import Testing
+@testable import XenPVKit
+
+/// Single-threaded tests: the lock only checks it is balanced.
+final class CountingLock: XenLock {
+    var depth = 0
+    var acquisitions = 0
+    func lock() {
+        depth += 1
+        acquisitions += 1
+    }
+    func unlock() {
+        precondition(depth > 0, "unlock without lock")
+        depth -= 1
+    }
+}
+
+final class ManualClock {
+    var now: UInt64 = 1_000_000
+}
+
+typealias SimDevices = XenDevices<SimulatedHypervisor, SimulatedPages>
+
+/// A domain (id 5) with its xenstore, grant table and event channels.
+struct DomainRig {
+    let memory: SimulatedMemory
+    let hypervisor: SimulatedHypervisor
+    let daemon: XenStoreDaemonModel
+    let grants: GrantTable
+    let events: XenEvents<SimulatedHypervisor>
+    let clock = ManualClock()
+    let home = "/local/domain/5"
+    let vifPath = "/local/domain/5/device/vif/0"
+    /// xvda: major 202, minor 0.
+    let vbdPath = "/local/domain/5/device/vbd/51712"
+
+    init() {
+        memory = SimulatedMemory(pages: 2048)
+        hypervisor = SimulatedHypervisor(memory: memory)
+        daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        daemon.home = home
+        var hypercalls = hypervisor
+        let table = memory.allocate()!
+        try! hypercalls.addToPhysmap(space: UInt32(XENMAPSPACE_grant_table), index: 0, gpfn: UInt(memory.frame(of: table)))
+        grants = GrantTable(base: table, frames: 1)
+        events = XenEvents(sharedInfo: hypervisor.sharedInfo, hypervisor: hypervisor, lock: CountingLock())
+    }
+
+    func network(hangs: Bool = false, writesBackendKey: Bool = true) -> NetworkBackendModel {
+        let backend = NetworkBackendModel(hypervisor: hypervisor, store: daemon, frontendPath: vifPath, writesBackendKey: writesBackendKey)
+        backend.hangs = hangs
+        return backend
+    }
+
+    func block(hangs: Bool = false) -> BlockBackendModel {
+        let backend = BlockBackendModel(hypervisor: hypervisor, store: daemon, frontendPath: vbdPath, sectors: 512, virtualDevice: 51712)
+        backend.hangs = hangs
+        return backend
+    }
+
+    func devices(handshakeWaits: Int = 40, requestTimeout: UInt64 = 5_000_000_000) -> SimDevices {
+        let clock = self.clock
+        return SimDevices(
+            home: home, store: daemon.client(maximumWaits: 200), storeLock: CountingLock(), grants: grants,
+            memory: SimulatedPages(memory: memory), events: events,
+            limits: XenDeviceLimits(handshakeWaits: handshakeWaits, requestTimeout: requestTimeout, receiveBuffers: 16, transmitSlots: 8),
+            makeLock: { CountingLock() }, clock: { clock.now })
+    }
+
+    /// Lets the backends and the store run, as the guest's waits do.
+    func settle(_ rounds: Int = 4) {
+        for _ in 0..<rounds { hypervisor.runBackends() }
+    }
+}
+
+final class WakeCounter {
+    var count = 0
+}
+
+func bytes(_ seed: Int, _ count: Int) -> [UInt8] {
+    (0..<count).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ seed &+ $0 >> 8) }
+}
+
+/// Submits one request through the platform interface and lets the
+/// backend run until it completes.
+func perform(
+    _ disk: any PlatformBlockDevice, _ rig: DomainRig, _ operation: BlockRequest.Operation, sector: UInt64,
+    _ buffer: UnsafeMutableRawBufferPointer, tag: UInt64
+) throws -> Result<Int, BlockDeviceError> {
+    try disk.submit(BlockRequest(operation: operation, sector: sector, buffer: buffer, tag: tag))
+    for _ in 0..<50 {
+        rig.hypervisor.runBackends()
+        var outcome: Result<Int, BlockDeviceError>? = nil
+        _ = disk.pollCompletions { if $0.tag == tag { outcome = $0.result } }
+        if let outcome { return outcome }
+    }
+    Issue.record("request \(tag) never completed")
+    return .failure(.queueFull)
+}
+
+@Suite(.serialized) struct XenDeviceTests {
+    // MARK: Discovery
+
+    @Test func aDomainWithOneVifAndOneVbdComesUpAndIsRegistered() throws {
+        let rig = DomainRig()
+        let netback = rig.network()
+        let blkback = rig.block()
+        let devices = rig.devices()
+        #expect(devices.discover() == 2)
+        #expect(devices.failures.isEmpty)
+        #expect(netback.state == .connected && blkback.state == .connected)
+        let nic = try #require(devices.networkInterfaces.first)
+        let disk = try #require(devices.blockDevices.first)
+        #expect(nic.unit == 0 && nic.name == "vif/0")
+        #expect(disk.unit == 0 && disk.name == "vbd/51712")
+        #expect(nic.macAddress == MACAddress(0x00, 0x16, 0x3E, 0x0A, 0x0B, 0x0C))
+        #expect(disk.sectorCount == 512 && disk.sectorSize == 512)
+        #expect(rig.daemon.nodes[rig.vifPath + "/state"] == "4" && rig.daemon.nodes[rig.vbdPath + "/state"] == "4")
+        // One watch per backend state node, with our tokens.
+        #expect(rig.daemon.watches.contains { $0.path == netback.backendPath + "/state" && $0.token == "rumprun-backend:" + rig.vifPath })
+        #expect(rig.daemon.watches.contains { $0.path == blkback.backendPath + "/state" && $0.token == "rumprun-backend:" + rig.vbdPath })
+        // Nothing is unmasked before a handler is bound.
+        #expect(rig.events.isMasked(nic.port) && rig.events.isMasked(disk.port))
+
+        PlatformDevices.removeAll()
+        defer { PlatformDevices.removeAll() }
+        devices.registerWithPlatform()
+        #expect(PlatformDevices.hasNetworkDriver("xen-netfront") && PlatformDevices.hasBlockDriver("xen-blkfront"))
+        #expect(!PlatformDevices.hasNetworkDriver("virtio-net"))
+        #expect(PlatformDevices.networkInterface(driver: "xen-netfront", unit: 0) === nic)
+        #expect(PlatformDevices.blockDevice(driver: "xen-blkfront", unit: 0) === disk)
+        #expect(PlatformDevices.networkInterface(driver: "xen-netfront", unit: 1) == nil)
+        #expect(PlatformDevices.blockDevice(driver: "virtio-blk", unit: 0) == nil)
+        #expect(PlatformDevices.problems.isEmpty)
+    }
+
+    @Test func aDomainWithoutDevicesDiscoversNothing() {
+        let rig = DomainRig()
+        let devices = rig.devices()
+        #expect(devices.discover() == 0)
+        #expect(devices.failures.isEmpty)
+    }
+
+    @Test func diskUnitsFollowTheVirtualDeviceNumbering() {
+        #expect(SimDevices.diskUnit(virtualDevice: 51712) == 0)  // xvda
+        #expect(SimDevices.diskUnit(virtualDevice: 51728) == 1)  // xvdb
+        #expect(SimDevices.diskUnit(virtualDevice: 51712 + 16 * 15) == 15)  // xvdp, the last of major 202
+        #expect(SimDevices.diskUnit(virtualDevice: (1 << 28) | (26 << 8)) == 26)  // xvdaa, extended form
+        #expect(SimDevices.diskUnit(virtualDevice: 768) == nil)  // hda
+    }
+
+    // MARK: Data path through the Rumprun-facing interfaces
+
+    @Test func framesTravelBothWaysAndTheUpcallWakesTheNetworkThread() throws {
+        let rig = DomainRig()
+        let netback = rig.network()
+        let devices = rig.devices()
+        devices.discover()
+        let nic: any PlatformNetworkInterface = try #require(devices.networkInterfaces.first)
+        let wakes = WakeCounter()
+        #expect(nic.connectWakeup { wakes.count += 1 }.map { "\($0)" } == "event channel")
+        let port = devices.networkInterfaces[0].port
+        #expect(!rig.events.isMasked(port) && rig.events.hasHandler(port))
+        #expect(nic.isLinkUp && nic.mtu == 1500 && "\(nic.driverName)" == "xen-netfront")
+
+        let outgoing = bytes(1, 98)
+        try outgoing.withUnsafeBytes { try nic.send(frame: $0) }
+        rig.settle()
+        #expect(netback.transmitted == [outgoing])
+
+        let incoming = bytes(7, 1514)
+        netback.incoming.append(incoming)
+        rig.settle()
+        #expect(rig.hypervisor.upcallPending)
+        #expect(rig.events.dispatch() >= 1)
+        #expect(wakes.count >= 1)
+        var received: [[UInt8]] = []
+        #expect(try nic.receive(limit: 8) { received.append(Array($0)) } == 1)
+        #expect(received == [incoming])
+        #expect(nic.statistics.framesSent == 1 && nic.statistics.framesReceived == 1)
+
+        nic.disconnectWakeup()
+        #expect(rig.events.isMasked(port) && !rig.events.hasHandler(port))
+    }
+
+    @Test func blocksWrittenAreReadBackThroughThePlatformInterface() throws {
+        let rig = DomainRig()
+        let blkback = rig.block()
+        let devices = rig.devices()
+        devices.discover()
+        let disk: any PlatformBlockDevice = try #require(devices.blockDevices.first)
+        let wakes = WakeCounter()
+        #expect(disk.connectWakeup { wakes.count += 1 }.map { "\($0)" } == "event channel")
+        #expect("\(disk.driverName)" == "xen-blkfront" && !disk.isReadOnly)
+
+        let pattern = bytes(3, 3 * 4096 + 1024)
+        let source = UnsafeMutableRawBufferPointer.allocate(byteCount: pattern.count, alignment: 1)
+        defer { source.deallocate() }
+        source.copyBytes(from: pattern)
+        #expect(try perform(disk, rig, .write, sector: 9, source, tag: 1) == .success(pattern.count))
+        #expect(Array(blkback.disk[9 * 512..<9 * 512 + pattern.count]) == pattern)
+        _ = rig.events.dispatch()
+        #expect(wakes.count >= 1)
+
+        let target = UnsafeMutableRawBufferPointer.allocate(byteCount: pattern.count, alignment: 1)
+        defer { target.deallocate() }
+        target.initializeMemory(as: UInt8.self, repeating: 0)
+        #expect(try perform(disk, rig, .read, sector: 9, target, tag: 2) == .success(pattern.count))
+        #expect(Array(target) == pattern)
+        #expect(try perform(disk, rig, .flush, sector: 0, UnsafeMutableRawBufferPointer(start: nil, count: 0), tag: 3) == .success(0))
+        #expect(blkback.operations.last == BLKIF_OP_FLUSH_DISKCACHE)
+    }
+
+    // MARK: Faults
+
+    @Test func aVifWhoseBackendNeverConnectsFailsTypedAndTheDiskStillAttaches() throws {
+        let rig = DomainRig()
+        let netback = rig.network(hangs: true)
+        let blkback = rig.block()
+        let pages = rig.memory.allocatedCount
+        let freeGrants = rig.grants.freeCount
+        let devices = rig.devices(handshakeWaits: 10)
+        #expect(devices.discover() == 1)
+        #expect(devices.failures == [.backendNotConnected(device: "vif/0", state: .initWait)])
+        #expect(devices.failures[0].description == "vif/0: the backend never reached Connected (its state: InitWait)")
+        #expect(devices.networkInterfaces.isEmpty)
+        #expect(devices.blockDevices.count == 1 && blkback.state == .connected)
+        #expect(netback.state == .initWait)
+        // The failed netfront gave back its rings, buffers and grants; only
+        // the disk's ring page and grant remain.
+        #expect(rig.memory.allocatedCount == pages + 1)
+        #expect(rig.grants.freeCount == freeGrants - 1)
+        #expect(rig.daemon.nodes[rig.vifPath + "/state"] == "6", "the frontend says it gave up")
+
+        PlatformDevices.removeAll()
+        defer { PlatformDevices.removeAll() }
+        devices.registerWithPlatform()
+        #expect(PlatformDevices.problems == ["vif/0: the backend never reached Connected (its state: InitWait)"])
+        #expect(PlatformDevices.blockDevice(driver: "xen-blkfront", unit: 0) != nil)
+    }
+
+    @Test func aVbdWhoseBackendNeverConnectsFailsTypedAndTheVifStillAttaches() throws {
+        let rig = DomainRig()
+        _ = rig.network()
+        _ = rig.block(hangs: true)
+        let devices = rig.devices(handshakeWaits: 10)
+        #expect(devices.discover() == 1)
+        #expect(devices.failures == [.backendNotConnected(device: "vbd/51712", state: .initWait)])
+        #expect(devices.networkInterfaces.count == 1 && devices.networkInterfaces[0].isLinkUp)
+        #expect(devices.blockDevices.isEmpty)
+    }
+
+    @Test func aBackendThatClosesDuringTheHandshakeIsReported() throws {
+        let rig = DomainRig()
+        let blkback = rig.block()
+        blkback.refusesConnection = true
+        let devices = rig.devices()
+        #expect(devices.discover() == 0)
+        #expect(devices.failures == [.backendClosed(device: "vbd/51712", state: .closing)])
+    }
+
+    @Test func aVifWithoutABackendKeyIsReportedAndTheDiskStillAttaches() throws {
+        let rig = DomainRig()
+        _ = rig.network(writesBackendKey: false)
+        _ = rig.block()
+        let pages = rig.memory.allocatedCount
+        let devices = rig.devices()
+        #expect(devices.discover() == 1)
+        #expect(devices.failures == [.missingNode(device: "vif/0", key: "backend")])
+        #expect(devices.blockDevices.count == 1)
+        #expect(rig.memory.allocatedCount == pages + 1, "nothing allocated for the vif")
+    }
+
+    @Test func aDiskBackendClosingMidConnectionFailsOutstandingRequestsAndFreesGrants() throws {
+        let rig = DomainRig()
+        let blkback = rig.block()
+        let pages = rig.memory.allocatedCount
+        let freeGrants = rig.grants.freeCount
+        let devices = rig.devices()
+        devices.discover()
+        let handle = try #require(devices.blockDevices.first)
+        let disk: any PlatformBlockDevice = handle
+        let wakes = WakeCounter()
+        _ = disk.connectWakeup { wakes.count += 1 }
+        blkback.fault = .closeAfter(1)
+
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 1)
+        defer { buffer.deallocate() }
+        #expect(try perform(disk, rig, .read, sector: 0, buffer, tag: 1) == .success(4096))
+        try disk.submit(BlockRequest(operation: .write, sector: 8, buffer: buffer, tag: 2))
+        rig.settle()
+        #expect(blkback.state == .closing)
+        #expect(handle.outstandingRequestCount == 1)
+        let wakesBefore = wakes.count
+
+        // The backend's state change reaches the frontend through its watch.
+        #expect(devices.routeWatchEvents() >= 1)
+        #expect(!handle.isConnected)
+        #expect(wakes.count == wakesBefore + 1, "the waiting thread is woken")
+        var results: [UInt64: Result<Int, BlockDeviceError>] = [:]
+        #expect(disk.pollCompletions { results[$0.tag] = $0.result } == 1)
+        #expect(results[2] == .failure(.deviceError(code: SimBlockFront.disconnectedCode)))
+        #expect(rig.events.isMasked(handle.port) && !rig.events.hasHandler(handle.port))
+        #expect(rig.daemon.nodes[rig.vbdPath + "/state"] == "5")
+        #expect(rig.grants.freeCount == freeGrants, "every grant ended")
+        #expect(rig.memory.allocatedCount == pages, "ring and bounce pages freed")
+        #expect(throws: BlockDeviceError.deviceError(code: SimBlockFront.disconnectedCode)) {
+            try disk.submit(BlockRequest(operation: .read, sector: 0, buffer: buffer, tag: 3))
+        }
+    }
+
+    @Test func aNetworkBackendClosingTakesTheLinkDownAndFreesGrants() throws {
+        let rig = DomainRig()
+        let netback = rig.network()
+        let pages = rig.memory.allocatedCount
+        let freeGrants = rig.grants.freeCount
+        let devices = rig.devices()
+        devices.discover()
+        let nic = try #require(devices.networkInterfaces.first)
+        let wakes = WakeCounter()
+        _ = nic.connectWakeup { wakes.count += 1 }
+        netback.close()
+        rig.settle()
+        #expect(devices.routeWatchEvents() >= 1)
+        #expect(!nic.isLinkUp && wakes.count == 1)
+        #expect(throws: NetworkInterfaceError.linkDown) { try bytes(0, 60).withUnsafeBytes { try nic.send(frame: $0) } }
+        #expect(rig.grants.freeCount == freeGrants)
+        #expect(rig.memory.allocatedCount == pages)
+    }
+
+    @Test func watchEventsOfOtherTokensAreNotRouted() throws {
+        let rig = DomainRig()
+        _ = rig.block()
+        let devices = rig.devices()
+        devices.discover()
+        rig.settle()
+        _ = devices.routeWatchEvents()
+        rig.daemon.set("/local/domain/5/unrelated", "1")
+        rig.settle()
+        #expect(devices.routeWatchEvents() == 0)
+        #expect(devices.blockDevices[0].isConnected)
+    }
+
+    @Test func requestsToASilentBackendTimeOutAndTheirPagesWaitForRelease() throws {
+        let rig = DomainRig()
+        let blkback = rig.block()
+        let pages = rig.memory.allocatedCount
+        let freeGrants = rig.grants.freeCount
+        let devices = rig.devices(requestTimeout: 1_000_000_000)
+        devices.discover()
+        let handle = try #require(devices.blockDevices.first)
+        let disk: any PlatformBlockDevice = handle
+        blkback.fault = .silent
+
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 1)
+        defer { buffer.deallocate() }
+        try disk.submit(BlockRequest(operation: .read, sector: 4, buffer: buffer, tag: 7))
+        rig.settle()
+        #expect(disk.pollCompletions { _ in } == 0)
+        rig.clock.now += 500_000_000
+        #expect(devices.checkTimeouts(now: rig.clock.now) == 0, "not yet")
+        rig.clock.now += 600_000_000
+        #expect(devices.checkTimeouts(now: rig.clock.now) == 1)
+        #expect(devices.abandonments == 1)
+        var result: Result<Int, BlockDeviceError>? = nil
+        #expect(disk.pollCompletions { result = $0.result } == 1)
+        #expect(result == .failure(.deviceError(code: SimBlockFront.abandonedCode)))
+        // The backend still maps the two data pages and the ring.
+        #expect(handle.quarantinedPageCount == 3)
+        #expect(rig.memory.allocatedCount > pages)
+        blkback.close()
+        _ = disk.pollCompletions { _ in }
+        #expect(handle.quarantinedPageCount == 0)
+        #expect(rig.memory.allocatedCount == pages)
+        #expect(rig.grants.freeCount == freeGrants)
+        #expect(devices.checkTimeouts(now: rig.clock.now + 10_000_000_000) == 0, "nothing left to abandon")
+    }
+
+    @Test func framesToASilentNetworkBackendTimeOut() throws {
+        let rig = DomainRig()
+        let netback = rig.network()
+        let devices = rig.devices(requestTimeout: 1_000_000_000)
+        devices.discover()
+        let nic = try #require(devices.networkInterfaces.first)
+        netback.fault = .silent
+        try bytes(2, 60).withUnsafeBytes { try nic.send(frame: $0) }
+        rig.settle()
+        #expect(nic.outstandingTransmitCount == 1)
+        rig.clock.now += 2_000_000_000
+        #expect(devices.checkTimeouts(now: rig.clock.now) == 1)
+        #expect(!nic.isLinkUp)
+        #expect(nic.statistics.transmitErrors == 1)
+    }
+}
+
+@Suite struct XenEventUpcallTests {
+    func rig() -> (SimulatedHypervisor, XenEvents<SimulatedHypervisor>) {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        return (hypervisor, XenEvents(sharedInfo: hypervisor.sharedInfo, hypervisor: hypervisor, lock: CountingLock()))
+    }
+
+    @Test func theUpcallRunsTheHandlerOfARaisedPort() throws {
+        var (hypervisor, events) = rig()
+        let port = try hypervisor.allocateUnboundPort(remoteDomain: 0)
+        let wakes = WakeCounter()
+        try events.bind(port) { _ in wakes.count += 1 }
+        hypervisor.raise(port)
+        #expect(hypervisor.upcallPending)
+        #expect(events.dispatch() == 1)
+        #expect(wakes.count == 1 && events.upcalls == 1)
+        #expect(!hypervisor.upcallPending && !events.isPending(port))
+    }
+
+    @Test func aPortRaisedBeforeItsHandlerIsDeliveredWhenBound() throws {
+        var (hypervisor, events) = rig()
+        let port = try hypervisor.allocateUnboundPort(remoteDomain: 0)
+        hypervisor.raise(port)
+        #expect(events.isMasked(port) && !hypervisor.upcallPending, "masked: no upcall")
+        #expect(events.dispatch() == 0)
+        let wakes = WakeCounter()
+        try events.bind(port) { _ in wakes.count += 1 }
+        #expect(hypervisor.upcallPending, "EVTCHNOP_unmask redelivers")
+        #expect(events.dispatch() == 1 && wakes.count == 1)
+    }
+
+    @Test func aPortRaisedWhileUnboundIsRedeliveredOnRebind() throws {
+        var (hypervisor, events) = rig()
+        let port = try hypervisor.allocateUnboundPort(remoteDomain: 0)
+        let wakes = WakeCounter()
+        try events.bind(port) { _ in wakes.count += 1 }
+        events.unbind(port)
+        #expect(events.isMasked(port))
+        hypervisor.raise(port)
+        #expect(!hypervisor.upcallPending && events.dispatch() == 0 && wakes.count == 0)
+        try events.bind(port) { _ in wakes.count += 10 }
+        #expect(events.dispatch() == 1 && wakes.count == 10)
+    }
+
+    @Test func aPortWithoutHandlerIsMaskedAgainAndCounted() throws {
+        var (hypervisor, events) = rig()
+        let port = try hypervisor.allocateUnboundPort(remoteDomain: 0)
+        // A stray unmask that bypasses `bind` (the hub offers none).
+        try events.channels.unmask(port)
+        hypervisor.raise(port)
+        #expect(events.dispatch() == 1)
+        #expect(events.unhandledEvents == 1)
+        #expect(events.isMasked(port), "masked again")
+        hypervisor.raise(port)
+        #expect(!hypervisor.upcallPending, "no further upcalls")
+        #expect(events.dispatch() == 0 && events.unhandledEvents == 1)
+        #expect(events.isPending(port), "the event waits for a handler")
+        let wakes = WakeCounter()
+        try events.bind(port) { _ in wakes.count += 1 }
+        #expect(events.dispatch() == 1 && wakes.count == 1)
+    }
+
+    @Test func theUpcallTakesTheLock() throws {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        let lock = CountingLock()
+        let events = XenEvents(sharedInfo: hypervisor.sharedInfo, hypervisor: hypervisor, lock: lock)
+        _ = events.dispatch()
+        #expect(lock.acquisitions == 1 && lock.depth == 0)
+    }
+}
+
+/// Counts waits and lets the simulated backends run in each.
+final class SteppingWait: XenEventWait {
+    let hypervisor: SimulatedHypervisor
+    var waits = 0
+    init(_ hypervisor: SimulatedHypervisor) { self.hypervisor = hypervisor }
+    func waitForEvent() {
+        waits += 1
+        hypervisor.runBackends()
+    }
+}
+
+@Suite struct WaitingHypercallsTests {
+    @Test func blockingWaitsThroughTheWaiterAndEverythingElseGoesThrough() throws {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        daemon.set("/vm/name", "guest")
+        let waiter = SteppingWait(hypervisor)
+        var store = XenStore(
+            interface: daemon.page, port: daemon.port, hypervisor: WaitingHypercalls(hypervisor, waiter: waiter), maximumWaits: 20)
+        #expect(try store.readString("/vm/name") == "guest")
+        #expect(waiter.waits >= 1)
+        #expect(hypervisor.blockCount == 0, "SCHEDOP_block never reached the hypervisor")
+        #expect(hypervisor.trace.contains { $0.call == .eventChannelOp && $0.command == EVTCHNOP_send })
+    }
+}
