@@ -136,7 +136,7 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
 
     /// Runs `body` on the xenstore client under its lock.
     public func withStore<Result>(_ body: (inout XenStore<H>) -> Result) -> Result {
-        storeLock.withLock { body(&store) }
+        locked(storeLock) { body(&store) }
     }
 
     // MARK: Discovery
@@ -146,7 +146,7 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
     /// and the others still attach. Returns how many attached.
     @discardableResult
     public func discover() -> Int {
-        storeLock.withLock {
+        locked(storeLock) {
             for id in listing("vif") { attachNetwork(id) }
             for id in listing("vbd") { attachBlock(id) }
         }
@@ -281,7 +281,7 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
     @discardableResult
     public func routeWatchEvents() -> Int {
         var fired: [XenStoreWatchEvent] = []
-        storeLock.withLock {
+        locked(storeLock) {
             while let event = try? store.nextWatchEvent() { fired.append(event) }
         }
         var routed = 0
@@ -355,14 +355,14 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     }
 
     public var driverName: StaticString { "xen-netfront" }
-    public var macAddress: MACAddress { lock.withLock { front.macAddress } }
-    public var mtu: Int { lock.withLock { front.mtu } }
-    public var isLinkUp: Bool { lock.withLock { front.isLinkUp } }
-    public var statistics: NetworkInterfaceStatistics { lock.withLock { front.statistics } }
+    public var macAddress: MACAddress { locked(lock) { front.macAddress } }
+    public var mtu: Int { locked(lock) { front.mtu } }
+    public var isLinkUp: Bool { locked(lock) { front.isLinkUp } }
+    public var statistics: NetworkInterfaceStatistics { locked(lock) { front.statistics } }
     /// The frontend's state (tests, diagnostics).
-    public var isConnected: Bool { lock.withLock { front.isConnected } }
-    public var outstandingTransmitCount: Int { lock.withLock { front.outstandingTransmitCount } }
-    public var quarantinedPageCount: Int { lock.withLock { front.quarantinedPageCount } }
+    public var isConnected: Bool { locked(lock) { front.isConnected } }
+    public var outstandingTransmitCount: Int { locked(lock) { front.outstandingTransmitCount } }
+    public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
     public var port: EventChannelPort { front.port }
     public var backendPath: String { front.device.backendPath }
 
@@ -376,7 +376,7 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     }
 
     public func send(frame: UnsafeRawBufferPointer) throws(NetworkInterfaceError) {
-        try lock.withLock { () throws(NetworkInterfaceError) in
+        try locked(lock) { () throws(NetworkInterfaceError) in
             let hadOutstanding = front.outstandingTransmitCount > 0
             defer { noteProgress(hadOutstanding: hadOutstanding) }
             try front.send(frame: frame)
@@ -384,7 +384,7 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     }
 
     public func receive(limit: Int, _ body: (UnsafeRawBufferPointer) -> Void) throws(NetworkInterfaceError) -> Int {
-        try lock.withLock { () throws(NetworkInterfaceError) -> Int in
+        try locked(lock) { () throws(NetworkInterfaceError) -> Int in
             let hadOutstanding = front.outstandingTransmitCount > 0
             defer { noteProgress(hadOutstanding: hadOutstanding) }
             return try front.receive(limit: limit, body)
@@ -395,9 +395,9 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     public func endTransmitBatch() {}
 
     public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
-        lock.withLock { () -> StaticString? in
+        locked(lock) { () -> StaticString? in
             guard front.isConnected else { return nil }
-            do { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
+            do throws(EventChannelError) { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
             self.wake = wake
             boundPort = front.port
             return "event channel"
@@ -405,7 +405,7 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     }
 
     public func disconnectWakeup() {
-        lock.withLock { unbindLocked() }
+        locked(lock) { unbindLocked() }
     }
 
     func unbindLocked() {
@@ -416,18 +416,18 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     /// Closes the interface with its backend (Closing, backend Closing or
     /// Closed, Closed); every grant is ended.
     public func shutdown() {
-        lock.withLock {
+        locked(lock) {
             unbindLocked()
             wake = nil
-            devices.storeLock.withLock { _ = try? front.disconnect(store: &devices.store) }
+            locked(devices.storeLock) { _ = try? front.disconnect(store: &devices.store) }
         }
     }
 
     /// The backend's state node changed.
     func backendChanged() {
-        let waker: (() -> Void)? = lock.withLock {
+        let waker: (() -> Void)? = locked(lock) {
             let wasConnected = front.isConnected
-            devices.storeLock.withLock { _ = try? front.backendChanged(store: &devices.store) }
+            locked(devices.storeLock) { _ = try? front.backendChanged(store: &devices.store) }
             guard wasConnected && !front.isConnected else { return nil }
             unbindLocked()
             return wake
@@ -437,7 +437,7 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     }
 
     func abandonIfStalled(now: UInt64, limit: UInt64) -> Bool {
-        let waker: (() -> Void)?? = lock.withLock {
+        let waker: (() -> Void)?? = locked(lock) {
             guard front.isConnected, front.outstandingTransmitCount > 0, now >= lastProgress, now - lastProgress > limit else { return nil }
             front.abandonOutstanding()
             unbindLocked()
@@ -474,17 +474,17 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     }
 
     public var driverName: StaticString { "xen-blkfront" }
-    public var sectorSize: Int { lock.withLock { front.sectorSize } }
-    public var sectorCount: UInt64 { lock.withLock { front.sectorCount } }
-    public var isReadOnly: Bool { lock.withLock { front.isReadOnly } }
-    public var isConnected: Bool { lock.withLock { front.isConnected } }
-    public var outstandingRequestCount: Int { lock.withLock { front.outstandingRequestCount } }
-    public var quarantinedPageCount: Int { lock.withLock { front.quarantinedPageCount } }
+    public var sectorSize: Int { locked(lock) { front.sectorSize } }
+    public var sectorCount: UInt64 { locked(lock) { front.sectorCount } }
+    public var isReadOnly: Bool { locked(lock) { front.isReadOnly } }
+    public var isConnected: Bool { locked(lock) { front.isConnected } }
+    public var outstandingRequestCount: Int { locked(lock) { front.outstandingRequestCount } }
+    public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
     public var port: EventChannelPort { front.port }
     public var backendPath: String { front.device.backendPath }
 
     public func submit(_ request: BlockRequest) throws(BlockDeviceError) {
-        try lock.withLock { () throws(BlockDeviceError) in
+        try locked(lock) { () throws(BlockDeviceError) in
             let idle = front.outstandingRequestCount == 0
             try front.submit(request)
             if idle { lastProgress = devices.clock() }
@@ -492,7 +492,7 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     }
 
     public func pollCompletions(_ body: (BlockCompletion) -> Void) -> Int {
-        lock.withLock {
+        locked(lock) {
             let count = front.pollCompletions(body)
             if count > 0 { lastProgress = devices.clock() }
             return count
@@ -500,9 +500,9 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     }
 
     public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
-        lock.withLock { () -> StaticString? in
+        locked(lock) { () -> StaticString? in
             guard front.isConnected else { return nil }
-            do { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
+            do throws(EventChannelError) { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
             self.wake = wake
             boundPort = front.port
             return "event channel"
@@ -510,7 +510,7 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     }
 
     public func disconnectWakeup() {
-        lock.withLock { unbindLocked() }
+        locked(lock) { unbindLocked() }
     }
 
     func unbindLocked() {
@@ -520,17 +520,17 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
 
     /// Closes the disk with its backend; outstanding requests fail.
     public func shutdown() {
-        lock.withLock {
+        locked(lock) {
             unbindLocked()
             wake = nil
-            devices.storeLock.withLock { _ = try? front.disconnect(store: &devices.store) }
+            locked(devices.storeLock) { _ = try? front.disconnect(store: &devices.store) }
         }
     }
 
     func backendChanged() {
-        let waker: (() -> Void)? = lock.withLock {
+        let waker: (() -> Void)? = locked(lock) {
             let wasConnected = front.isConnected
-            devices.storeLock.withLock { _ = try? front.backendChanged(store: &devices.store) }
+            locked(devices.storeLock) { _ = try? front.backendChanged(store: &devices.store) }
             guard wasConnected && !front.isConnected else { return nil }
             unbindLocked()
             return wake
@@ -540,7 +540,7 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     }
 
     func abandonIfStalled(now: UInt64, limit: UInt64) -> Bool {
-        let waker: (() -> Void)?? = lock.withLock {
+        let waker: (() -> Void)?? = locked(lock) {
             guard front.isConnected, front.outstandingRequestCount > 0, now >= lastProgress, now - lastProgress > limit else { return nil }
             front.abandonOutstanding()
             unbindLocked()

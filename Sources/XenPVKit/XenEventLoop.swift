@@ -14,13 +14,13 @@ public protocol XenLock: AnyObject {
     func unlock()
 }
 
-extension XenLock {
-    @inline(__always)
-    func withLock<Result, Failure: Error>(_ body: () throws(Failure) -> Result) throws(Failure) -> Result {
-        lock()
-        defer { unlock() }
-        return try body()
-    }
+/// Runs `body` holding `lock`. (A free function: Embedded Swift cannot
+/// specialize a protocol extension's generic method on an existential.)
+@inline(__always)
+func locked<Result, Failure: Error>(_ lock: any XenLock, _ body: () throws(Failure) -> Result) throws(Failure) -> Result {
+    lock.lock()
+    defer { lock.unlock() }
+    return try body()
 }
 
 /// The event channels of the running domain: the upcall's `dispatch` and
@@ -54,19 +54,19 @@ public final class XenEvents<H: Hypercalls> {
     /// Handlers run in the upcall with the lock held: they may only wake
     /// threads (no `bind`, no allocation, no waiting).
     public func bind(_ port: EventChannelPort, _ handler: @escaping Handler) throws(EventChannelError) {
-        try lock.withLock { () throws(EventChannelError) in try channels.attach(port, handler) }
+        try locked(lock) { () throws(EventChannelError) in try channels.attach(port, handler) }
     }
 
     /// Masks `port` and removes its handler; the port stays open.
     public func unbind(_ port: EventChannelPort) {
-        lock.withLock { channels.detach(port) }
+        locked(lock) { channels.detach(port) }
     }
 
     /// The upcall: runs the handler of every pending, unmasked port of
     /// `vcpu`; returns how many events it took.
     @discardableResult
     public func dispatch(vcpu: Int = 0) -> Int {
-        lock.withLock {
+        locked(lock) {
             upcalls &+= 1
             let handled = channels.dispatch(vcpu: vcpu)
             events &+= UInt64(handled)
@@ -75,10 +75,10 @@ public final class XenEvents<H: Hypercalls> {
     }
 
     /// Pending events that found no handler (their ports were masked again).
-    public var unhandledEvents: Int { lock.withLock { channels.unhandledEvents } }
-    public func isMasked(_ port: EventChannelPort) -> Bool { lock.withLock { channels.isMasked(port) } }
-    public func isPending(_ port: EventChannelPort) -> Bool { lock.withLock { channels.isPending(port) } }
-    public func hasHandler(_ port: EventChannelPort) -> Bool { lock.withLock { channels.hasHandler(port) } }
+    public var unhandledEvents: Int { locked(lock) { channels.unhandledEvents } }
+    public func isMasked(_ port: EventChannelPort) -> Bool { locked(lock) { channels.isMasked(port) } }
+    public func isPending(_ port: EventChannelPort) -> Bool { locked(lock) { channels.isPending(port) } }
+    public func hasHandler(_ port: EventChannelPort) -> Bool { locked(lock) { channels.hasHandler(port) } }
 }
 
 /// How a thread waits for "some event" when a protocol client blocks:
