@@ -351,12 +351,15 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
         self.watchToken = watchToken
         self.front = front
         self.devices = devices
+        macAddress = front.macAddress
+        mtu = front.mtu
         lock = devices.makeLock()
     }
 
     public var driverName: StaticString { "xen-netfront" }
-    public var macAddress: MACAddress { locked(lock) { front.macAddress } }
-    public var mtu: Int { locked(lock) { front.mtu } }
+    /// Read once at connect (the `mac` and `mtu` nodes), so no lock is needed.
+    public let macAddress: MACAddress
+    public let mtu: Int
     public var isLinkUp: Bool { locked(lock) { front.isLinkUp } }
     public var statistics: NetworkInterfaceStatistics { locked(lock) { front.statistics } }
     /// The frontend's state (tests, diagnostics).

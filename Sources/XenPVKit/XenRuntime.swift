@@ -39,7 +39,10 @@ final class XenUpcallLock: XenLock {
 final class XenStoreEventWait: XenEventWait {
     static var interval: UInt64 { 10_000_000 }
     let semaphore = ThreadSemaphore(count: 0)
-    func waitForEvent() { semaphore.down(deadline: SystemClock.monotonicNanoseconds &+ Self.interval) }
+    func waitForEvent() {
+        semaphore.down(deadline: SystemClock.monotonicNanoseconds &+ Self.interval)
+        XenRuntime.collapse(semaphore)
+    }
 }
 
 /// Frontend pages from the heap. PVH guests are identity-mapped: the
@@ -166,11 +169,21 @@ enum XenRuntime {
         return GrantTable(base: base, frames: Int(frames))
     }
 
+    /// Takes the units a semaphore gathered while nobody waited: the
+    /// waiter looks at the whole ring (or every watch) anyway, and stale
+    /// units would otherwise use up a client's bounded waits at once.
+    static func collapse(_ semaphore: ThreadSemaphore) {
+        while semaphore.count > 0 { semaphore.down(deadline: SystemClock.monotonicNanoseconds) }
+    }
+
     /// The xenbus thread: routes backend state changes (woken by the store
     /// port) and gives up on silent backends.
     static func watchLoop() {
         while true {
-            watchSignal?.down(deadline: SystemClock.monotonicNanoseconds &+ watchInterval)
+            if let watchSignal {
+                watchSignal.down(deadline: SystemClock.monotonicNanoseconds &+ watchInterval)
+                collapse(watchSignal)
+            }
             guard let devices else { continue }
             devices.routeWatchEvents()
             devices.checkTimeouts(now: SystemClock.monotonicNanoseconds)
