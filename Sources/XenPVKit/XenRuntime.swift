@@ -108,28 +108,27 @@ enum XenRuntime {
         }
 
         var hypervisor = HypercallPage()
-        guard let grants = mapGrantTable(&hypervisor) else {
+        let grants: GrantTable
+        do throws(XenRuntimeError) {
+            grants = try XenRuntimeSetup.mapGrantTable(
+                hypervisor: &hypervisor, frames: grantFrames,
+                allocate: { HeapDMAMemory().allocate(byteCount: $0 * xenPageSize, alignment: xenPageSize) },
+                frameNumber: { UInt64(UInt(bitPattern: $0)) >> 12 })
+        } catch {
             write("rumprun: xen: no grant table; no paravirtual devices\n")
             return
         }
         guard let interface = UnsafeMutableRawPointer(bitPattern: UInt(channels.storeFrame << 12)) else { return }
-        var store = XenStore(interface: interface, port: channels.storePort, hypervisor: hypercalls, maximumWaits: 500)
-        // xenstored resolves a relative path below the caller's home.
-        let domainID: UInt64
-        do throws(XenStoreError) {
-            guard let value = parseDecimal(try store.read("domid")) else {
-                write("rumprun: xen: malformed domid in xenstore\n")
-                return
-            }
-            domainID = value
+        let store = XenStore(interface: interface, port: channels.storePort, hypervisor: hypercalls, maximumWaits: 500)
+        let devices: XenDevices<XenRuntimeHypercalls, XenHeapPages>
+        do throws(XenRuntimeError) {
+            devices = try XenRuntimeSetup.startDevices(
+                store: store, events: events, grants: grants, memory: XenHeapPages(), storeLock: XenThreadLock(),
+                makeLock: { XenThreadLock() }, clock: { SystemClock.monotonicNanoseconds })
         } catch {
             write("rumprun: xen: cannot read domid from xenstore; no paravirtual devices\n")
             return
         }
-        let devices = XenDevices(
-            home: "/local/domain/" + XenbusDevice.decimalString(domainID), store: store, storeLock: XenThreadLock(), grants: grants,
-            memory: XenHeapPages(), events: events, makeLock: { XenThreadLock() }, clock: { SystemClock.monotonicNanoseconds })
-        devices.discover()
         for nic in devices.networkInterfaces {
             write("rumprun: xen: " + nic.name + " attached (xen-netfront)\n")
         }
@@ -148,25 +147,6 @@ enum XenRuntime {
         } catch {
             write("rumprun: xen: no xenbus thread; backend changes are not followed\n")
         }
-    }
-
-    /// Maps up to `grantFrames` grant-table frames at fresh heap pages.
-    static func mapGrantTable(_ hypervisor: inout HypercallPage) -> GrantTable? {
-        var frames = grantFrames
-        if let size = try? hypervisor.queryGrantTableSize(), size.maximumFrames > 0 { frames = min(frames, size.maximumFrames) }
-        let memory = HeapDMAMemory()
-        guard let base = memory.allocate(byteCount: Int(frames) * xenPageSize, alignment: xenPageSize) else { return nil }
-        var numbers: [UInt64] = []
-        for index in 0..<Int(frames) { numbers.append(UInt64(UInt(bitPattern: base + index * xenPageSize)) >> 12) }
-        do throws(GrantTableError) {
-            try numbers.withUnsafeBufferPointer { (buffer) throws(GrantTableError) in
-                try GrantTable.map(frameNumbers: buffer, using: &hypervisor)
-            }
-        } catch {
-            // Xen may already have replaced some of the pages: never reuse them.
-            return nil
-        }
-        return GrantTable(base: base, frames: Int(frames))
     }
 
     /// Takes the units a semaphore gathered while nobody waited: the

@@ -496,3 +496,104 @@ final class SteppingWait: XenEventWait {
         #expect(hypervisor.trace.contains { $0.call == .eventChannelOp && $0.command == EVTCHNOP_send })
     }
 }
+
+extension XenDeviceTests {
+    @Test func ofTwoVifsTheOneWhoseBackendHangsFailsAndTheOtherIsUnitZero() throws {
+        let rig = DomainRig()
+        _ = rig.network()
+        let second = NetworkBackendModel(
+            hypervisor: rig.hypervisor, store: rig.daemon, frontendPath: rig.home + "/device/vif/1", handle: 1, mac: "00:16:3e:00:00:01")
+        second.hangs = true
+        let devices = rig.devices(handshakeWaits: 10)
+        #expect(devices.discover() == 1)
+        #expect(devices.failures == [.backendNotConnected(device: "vif/1", state: .initWait)])
+        #expect(devices.networkInterfaces.map(\.unit) == [0])
+        #expect(devices.networkInterfaces[0].macAddress == MACAddress(0x00, 0x16, 0x3E, 0x0A, 0x0B, 0x0C))
+    }
+}
+
+/// Consecutive pages from the simulated memory (fresh allocations are).
+func consecutivePages(_ memory: SimulatedMemory, _ count: Int) -> UnsafeMutableRawPointer? {
+    guard let first = memory.allocate() else { return nil }
+    for index in 1..<max(count, 1) {
+        guard let page = memory.allocate(), page == first + index * 4096 else { return nil }
+    }
+    return first
+}
+
+@Suite struct XenRuntimeSetupTests {
+    @Test func theRunTimeMapsGrantFramesFindsItsHomeAndStartsTheDevices() throws {
+        let memory = SimulatedMemory(pages: 2048)
+        var hypervisor = SimulatedHypervisor(memory: memory)
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        let home = "/local/domain/5"
+        daemon.home = home
+        daemon.set(home + "/domid", "5")
+        _ = NetworkBackendModel(hypervisor: hypervisor, store: daemon, frontendPath: home + "/device/vif/0")
+        let blkback = BlockBackendModel(
+            hypervisor: hypervisor, store: daemon, frontendPath: home + "/device/vbd/51728", virtualDevice: 51728)
+
+        let grants = try XenRuntimeSetup.mapGrantTable(
+            hypervisor: &hypervisor, frames: 8, allocate: { consecutivePages(memory, $0) }, frameNumber: { memory.frame(of: $0) })
+        #expect(grants.capacity == 4 * 512, "Xen's maximum of 4 frames")
+        #expect(hypervisor.grantFrames.count == 4)
+        #expect(hypervisor.log.filter { $0.hasPrefix("memory_op add_to_physmap") && $0.contains("space=\(XENMAPSPACE_grant_table)") }.count == 4)
+        #expect(hypervisor.trace.contains { $0.call == .grantTableOp && $0.command == GNTTABOP_query_size })
+
+        let events = XenEvents(sharedInfo: hypervisor.sharedInfo, hypervisor: hypervisor, lock: CountingLock())
+        let storeEvents = WakeCounter()
+        try events.bind(daemon.port) { _ in storeEvents.count += 1 }
+        let devices = try XenRuntimeSetup.startDevices(
+            store: daemon.client(maximumWaits: 200), events: events, grants: grants, memory: SimulatedPages(memory: memory),
+            storeLock: CountingLock(), limits: XenDeviceLimits(handshakeWaits: 40, receiveBuffers: 8, transmitSlots: 4),
+            makeLock: { CountingLock() }, clock: { 0 })
+        #expect(devices.home == home)
+        #expect(devices.networkInterfaces.count == 1 && devices.blockDevices.count == 1 && devices.failures.isEmpty)
+        #expect(devices.blockDevices[0].unit == 1, "xvdb")
+        // The store's replies raised its port: the upcall ran the handler.
+        _ = events.dispatch()
+        #expect(storeEvents.count >= 1)
+
+        // The frontends' grants live in the mapped frames: blkback reads them.
+        let disk: any PlatformBlockDevice = devices.blockDevices[0]
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 1024, alignment: 1)
+        defer { buffer.deallocate() }
+        buffer.copyBytes(from: bytes(9, 1024))
+        try disk.submit(BlockRequest(operation: .write, sector: 2, buffer: buffer, tag: 1))
+        var result: Result<Int, BlockDeviceError>? = nil
+        for _ in 0..<20 where result == nil {
+            hypervisor.runBackends()
+            _ = disk.pollCompletions { result = $0.result }
+        }
+        #expect(result == .success(1024))
+        #expect(Array(blkback.disk[1024..<2048]) == bytes(9, 1024))
+    }
+
+    @Test func aMissingOrMalformedDomIDIsTyped() throws {
+        let memory = SimulatedMemory()
+        let hypervisor = SimulatedHypervisor(memory: memory)
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        daemon.home = "/local/domain/5"
+        var store = daemon.client()
+        #expect(throws: XenRuntimeError.domainID(.store(.noEntry, request: UInt32(XS_READ.rawValue)))) {
+            _ = try XenRuntimeSetup.home(store: &store)
+        }
+        daemon.set("/local/domain/5/domid", "five")
+        #expect(throws: XenRuntimeError.malformedDomainID) { _ = try XenRuntimeSetup.home(store: &store) }
+        daemon.set("/local/domain/5/domid", "5")
+        #expect(try XenRuntimeSetup.home(store: &store) == "/local/domain/5")
+    }
+
+    @Test func grantTableMappingFailuresAreTyped() throws {
+        let memory = SimulatedMemory()
+        var hypervisor = SimulatedHypervisor(memory: memory)
+        #expect(throws: XenRuntimeError.noGrantTableMemory(frames: 2)) {
+            _ = try XenRuntimeSetup.mapGrantTable(hypervisor: &hypervisor, frames: 2, allocate: { _ in nil }, frameNumber: { _ in 0 })
+        }
+        // A frame Xen cannot place (outside the domain's memory).
+        let page = memory.allocate()!
+        #expect(throws: XenRuntimeError.grantTable(.hypercall(.failed(.memoryOp, command: XENMEM_add_to_physmap, status: -Int(XEN_EINVAL.rawValue))))) {
+            _ = try XenRuntimeSetup.mapGrantTable(hypervisor: &hypervisor, frames: 1, allocate: { _ in page }, frameNumber: { _ in 1 })
+        }
+    }
+}
