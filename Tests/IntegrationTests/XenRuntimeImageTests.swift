@@ -52,6 +52,47 @@ enum XenRuntimeImages {
         #expect(try XenRuntimeImages.symbolType(hw, "bmk_xen_attach") == "W")
     }
 
+    /// The upcall runs on the interrupt stack with interrupts off: nothing
+    /// it reaches may allocate. Roots: the handler registered on vector
+    /// 0xF3, `XenEvents.dispatch`, the 2-level `EventChannels.dispatch`,
+    /// the interrupt-masking lock, and the xenstore port's handler (which
+    /// raises two semaphores). The walk follows direct calls (the calls
+    /// through the lock's and the handlers' existentials are those roots)
+    /// and stops at BareMetalKit's functions: the ticket lock and the
+    /// semaphore's `up` are documented as callable from interrupt
+    /// handlers, and objdump's graph through their merged helpers has
+    /// edges that do not exist (a tail of `cpu_gs_load64`).
+    @Test func theUpcallPathReachesNoAllocator() throws {
+        let graph = try XenImages.callGraph(try XenRuntimeImages.xenAppIO.get())
+        let runtimeStart = "$e8XenPVKit0A7RuntimeO5start8channels15sharedInfoFrameyAA0A12BootChannelsV_s6UInt64VtFZ"
+        let patterns = [
+            runtimeStart + "Sbs5UInt8VcfU_",  // the (UInt8) -> Bool handler on 0xF3
+            runtimeStart + "ys6UInt32VcfU0_",  // the store port's handler
+            "0A6EventsC8dispatch4vcpu", "13EventChannelsV8dispatch4vcpu", "0A10UpcallLockC4lockyyF", "0A10UpcallLockC6unlockyyF",
+        ]
+        var roots: [String] = []
+        for pattern in patterns {
+            let matches = graph.keys.filter { $0.contains(pattern) }
+            #expect(!matches.isEmpty, "no function matching \(pattern)")
+            roots += matches
+        }
+        let allocators: Set = ["swift_allocObject", "swift_slowAlloc", "swift_allocBox", "posix_memalign", "malloc", "bmk_heap_allocate"]
+        #expect(allocators.contains { graph[$0] != nil }, "the allocators are in the image, so the check can fail")
+        var reached: Set<String> = []
+        var paths: [String] = []
+        var work = roots.map { ($0, [$0]) }
+        while let (function, path) = work.popLast() {
+            guard reached.insert(function).inserted else { continue }
+            if allocators.contains(function) { paths.append(path.joined(separator: " -> ")) }
+            if function.hasPrefix("$e12BareMetalKit") { continue }
+            for callee in graph[function] ?? [] { work.append((callee, path + [callee])) }
+        }
+        #expect(paths == [])
+        #expect(reached.contains("$e12BareMetalKit15ThreadSemaphoreC2upyyF"), "the store handler wakes threads")
+        #expect(reached.contains("$e12BareMetalKit10TicketLockV4lockSbyF"), "the upcall takes the ticket lock")
+        #expect(reached.count > 8)
+    }
+
     /// The appio guest's checks (disk through StorageDevice, sockets through
     /// Network) on QEMU's virtio-blk and virtio-net, from a xen_pv image.
     @Test func theXenImageRunsTheApplicationIOChecksOnVirtioOffXen() throws {
