@@ -258,7 +258,8 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
             giveUp(node)
             return
         }
-        let unit = parseDecimal(id.utf8).flatMap(Self.diskUnit(virtualDevice:)) ?? blockDevices.count
+        var unit = blockDevices.count
+        if let number = parseDecimal(id.utf8), let disk = Self.diskUnit(virtualDevice: number) { unit = disk }
         blockDevices.append(XenBlockDevice(unit: unit, name: device, watchToken: token, front: front, devices: self))
     }
 
