@@ -288,10 +288,12 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
         var routed = 0
         for event in fired {
             for nic in networkInterfaces where nic.watchToken.utf8.elementsEqual(event.token.utf8) {
+                nic.watchEvents += 1
                 nic.backendChanged()
                 routed += 1
             }
             for disk in blockDevices where disk.watchToken.utf8.elementsEqual(event.token.utf8) {
+                disk.watchEvents += 1
                 disk.backendChanged()
                 routed += 1
             }
@@ -337,6 +339,8 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     /// "vif/0".
     public let name: String
     let watchToken: String
+    /// Watch events of its backend's state routed to it.
+    public internal(set) var watchEvents = 0
     var front: NetFront<H, Memory>
     let lock: any XenLock
     let devices: XenDevices<H, Memory>
@@ -461,6 +465,8 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
     /// "vbd/51712".
     public let name: String
     let watchToken: String
+    /// Watch events of its backend's state routed to it.
+    public internal(set) var watchEvents = 0
     var front: BlockFront<H, Memory>
     let lock: any XenLock
     let devices: XenDevices<H, Memory>

@@ -30,6 +30,11 @@ final class BlockBackendModel: BackendModel {
     var refusesConnection = false
     /// Stays in InitWait whatever the frontend does.
     var hangs = false
+    /// Runs when the frontend has published its ring, before connecting
+    /// (tests make other things happen mid-handshake).
+    var onFrontendInitialised: (() -> Void)? = nil
+    /// Steps to let pass after the frontend is Initialised before connecting.
+    var connectDelay = 0
     var state: XenbusDeviceState = .initialising
     var ring: BackRing<BlkifRing>?
     var ringReference: GrantReference = 0
@@ -79,6 +84,12 @@ final class BlockBackendModel: BackendModel {
         if hangs { return }
         switch state {
         case .initWait where frontendState == .initialised:
+            onFrontendInitialised?()
+            onFrontendInitialised = nil
+            if connectDelay > 0 {
+                connectDelay -= 1
+                return
+            }
             if refusesConnection { setState(.closing) } else { connect() }
         case .connected:
             if frontendState == .closing || frontendState == .closed {

@@ -597,3 +597,50 @@ func consecutivePages(_ memory: SimulatedMemory, _ count: Int) -> UnsafeMutableR
         }
     }
 }
+
+extension XenDeviceTests {
+    /// netback closes while blkfront's handshake waits for blkback: the
+    /// handshake takes only its own watch's events, so the vif's change is
+    /// still queued for the router afterwards.
+    @Test func aBackendChangeDuringAnotherHandshakeIsStillRouted() throws {
+        let rig = DomainRig()
+        let netback = rig.network()
+        let blkback = rig.block()
+        blkback.onFrontendInitialised = { netback.close() }
+        blkback.connectDelay = 10
+        let devices = rig.devices()
+        #expect(devices.discover() == 2)
+        #expect(netback.state == .closing)
+        #expect(!devices.networkInterfaces[0].isLinkUp)
+        #expect(devices.blockDevices[0].isConnected)
+        devices.routeWatchEvents()
+        // Its registration event and the change to Closing, neither taken
+        // by the vbd's handshake.
+        #expect(devices.networkInterfaces[0].watchEvents == 2)
+    }
+}
+
+@Suite struct WatchEventTokenTests {
+    @Test func waitingForOneTokenLeavesOtherEventsQueuedInOrder() throws {
+        let hypervisor = SimulatedHypervisor(memory: SimulatedMemory())
+        let daemon = XenStoreDaemonModel(hypervisor: hypervisor)
+        var store = daemon.client(maximumWaits: 20)
+        try store.watch("/a", token: "A")
+        try store.watch("/b", token: "B")
+        daemon.set("/a/x", "1")
+        daemon.set("/b/y", "2")
+        daemon.set("/a/z", "3")
+        // B's registration event, then (after a wait, which lets the store
+        // push everything) B's change; A's three events go by meanwhile.
+        #expect(try store.waitForWatchEvent(token: "B").path == "/b")
+        #expect(try store.waitForWatchEvent(token: "B").path == "/b/y")
+        #expect(store.queuedWatchEventCount == 3)
+        var rest: [XenStoreWatchEvent] = []
+        while let next = try store.nextWatchEvent() { rest.append(next) }
+        #expect(rest.map(\.token) == ["A", "A", "A"])
+        #expect(rest.map(\.path) == ["/a", "/a/x", "/a/z"], "A's events, in order")
+        #expect(throws: XenStoreError.noResponse(request: UInt32(XS_WATCH_EVENT.rawValue), waits: 20)) {
+            _ = try store.waitForWatchEvent(token: "C")
+        }
+    }
+}
