@@ -12,6 +12,8 @@ __attribute__((weak)) void bmk_xen_console_putc(uint8_t byte) { (void)byte; }
 
 __attribute__((weak)) void bmk_xen_exit(uint8_t port_value) { (void)port_value; }
 
+__attribute__((weak)) void bmk_xen_start_devices(void) {}
+
 __attribute__((weak)) int32_t bmk_xen_tsc_scale(uint32_t *multiplier, int8_t *shift) {
     (void)multiplier;
     (void)shift;

@@ -53,7 +53,13 @@ public enum NetworkError: Error, Equatable {
         switch self {
         case .noInterfaceConfigured:
             return "no network interface: run with -I net0,virtio-net,user (or e1000) on --machine pc"
-        case .deviceNotFound(let tag, let driver): return "\(tag): no \(driver) device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
+        case .deviceNotFound(let tag, let driver):
+            if driver.utf8.elementsEqual("virtio-net".utf8) || driver.utf8.elementsEqual("e1000".utf8) {
+                return "\(tag): no \(driver) device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
+            }
+            var text = "\(tag): the platform attached no \(driver) device for it"
+            for problem in PlatformDevices.problems { text += "; " + problem }
+            return text
         case .unsupportedDriver(let tag, let driver): return "\(tag): driver \(driver) is not supported here (use virtio-net or e1000)"
         case .driverFailed(let tag, let driver, let code): return "\(tag): the \(driver) driver failed to start (code \(code))"
         case .badAddress(let tag, let address): return "\(tag): bad address \(address)"
@@ -154,23 +160,49 @@ public final class Network {
         defer { startLock.unlock() }
         if current != nil { throw .alreadyStarted }
         var configured = Rumprun.networkInterfaces
-        let found = NetworkDeviceProbe.functions()
+        // Interfaces the platform registered (Xen's netfront) are used by
+        // driver name and unit; PCI is probed only for the others.
+        let registered = PlatformDevices.networkInterfaces
+        let needsPCI = configured.isEmpty ? registered.isEmpty : configured.contains { isPCIDriver($0.driver) }
+        let found = needsPCI ? NetworkDeviceProbe.functions() : []
         if configured.isEmpty {
-            guard let first = found.first else { throw .noInterfaceConfigured }
-            configured = [GuestNetworkInterface(tag: "net0", driver: first.driver.utf8CodeUnitCount == 5 ? "e1000" : "virtio-net", mac: "", addressing: .dhcp)]
+            if let first = registered.first {
+                let name = first.device.driverName
+                configured = [
+                    GuestNetworkInterface(
+                        tag: "net0", driver: String(decoding: UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount), as: UTF8.self),
+                        mac: "", addressing: .dhcp)
+                ]
+            } else {
+                guard let first = found.first else { throw .noInterfaceConfigured }
+                configured = [GuestNetworkInterface(tag: "net0", driver: first.driver.utf8CodeUnitCount == 5 ? "e1000" : "virtio-net", mac: "", addressing: .dhcp)]
+            }
         }
         var configuration = NetworkStackConfiguration()
         configuration.seed = Rumprun.random()
         let network = Network(stack: NetworkStack<NetworkDevice>(configuration: configuration))
         var used = [Bool](repeating: false, count: found.count)
         var dhcpInterfaces: [(index: Int, tag: String)] = []
-        for entry in configured {
+        for (position, entry) in configured.enumerated() {
             let wantsVirtio = entry.driver.utf8.elementsEqual("virtio-net".utf8)
             let wantsE1000 = entry.driver.utf8.elementsEqual("e1000".utf8)
-            guard wantsVirtio || wantsE1000 else { throw .unsupportedDriver(tag: entry.tag, driver: entry.driver) }
-            guard let slot = found.indices.first(where: { !used[$0] && found[$0].driver.utf8CodeUnitCount == (wantsE1000 ? 5 : 10) })
-            else { throw .deviceNotFound(tag: entry.tag, driver: entry.driver) }
-            used[slot] = true
+            var platformDevice: (any PlatformNetworkInterface)? = nil
+            var slot = 0
+            if wantsVirtio || wantsE1000 {
+                guard let free = found.indices.first(where: { !used[$0] && found[$0].driver.utf8CodeUnitCount == (wantsE1000 ? 5 : 10) })
+                else { throw .deviceNotFound(tag: entry.tag, driver: entry.driver) }
+                slot = free
+                used[slot] = true
+            } else {
+                // The n-th entry of a platform driver is its unit n (the
+                // launcher writes one vif line per -I, in order).
+                let unit = configured[0..<position].filter { $0.driver.utf8.elementsEqual(entry.driver.utf8) }.count
+                guard let device = PlatformDevices.networkInterface(driver: entry.driver, unit: unit) else {
+                    if registered.isEmpty && PlatformDevices.problems.isEmpty { throw .unsupportedDriver(tag: entry.tag, driver: entry.driver) }
+                    throw .deviceNotFound(tag: entry.tag, driver: entry.driver)
+                }
+                platformDevice = device
+            }
             // Addressing is checked before the device starts doing DMA.
             var address: IPv4InterfaceConfiguration? = nil
             if case let .staticAddress(text, prefixLength, gatewayText) = entry.addressing {
@@ -183,17 +215,22 @@ public final class Network {
                 address = IPv4InterfaceConfiguration(address: parsed, prefixLength: prefixLength, gateway: gateway)
             }
             let started: StartedNetworkDevice
-            do throws(NetworkError) {
-                started = try NetworkDeviceProbe.start(found[slot].function, driver: found[slot].driver, tag: entry.tag, interrupts: interrupts)
-            } catch {
-                network.stopDevices()
-                throw error
+            if let platformDevice {
+                let mode = interrupts ? platformDevice.connectWakeup { NetworkThreadWakeup.wake() } : nil
+                started = StartedNetworkDevice(device: .platform(platformDevice), interruptMode: mode, detach: mode == nil ? nil : { platformDevice.disconnectWakeup() })
+            } else {
+                do throws(NetworkError) {
+                    started = try NetworkDeviceProbe.start(found[slot].function, driver: found[slot].driver, tag: entry.tag, interrupts: interrupts)
+                } catch {
+                    network.stopDevices()
+                    throw error
+                }
             }
             if let detach = started.detach { network.detachers.append(detach) }
             let index = network.stack.attach(started.device, configuration: address)
             network.interfaces.append(
                 NetworkInterfaceStatus(
-                    tag: entry.tag, driver: found[slot].driver, macAddress: started.device.macAddress,
+                    tag: entry.tag, driver: started.device.driverName, macAddress: started.device.macAddress,
                     address: address ?? IPv4InterfaceConfiguration(address: IPv4Address(0, 0, 0, 0), prefixLength: 0),
                     viaDHCP: address == nil, interruptMode: started.interruptMode))
             if address == nil {
@@ -225,6 +262,10 @@ public final class Network {
             }
         }
         return network
+    }
+
+    static func isPCIDriver(_ driver: String) -> Bool {
+        driver.utf8.elementsEqual("virtio-net".utf8) || driver.utf8.elementsEqual("e1000".utf8)
     }
 
     var anyPolled: Bool { interfaces.contains { $0.interruptMode == nil } }

@@ -1,5 +1,6 @@
 // NetworkDevice: the NICs an application's network runs on (virtio-net and
-// e1000 on PCI) behind one NetworkInterface type, with their interrupts
+// e1000 on PCI, or an interface the platform registered itself, such as
+// Xen's netfront) behind one NetworkInterface type, with their interrupts
 // connected so that a received frame wakes the network thread.
 #if hasFeature(Embedded)
 import BareMetalKit
@@ -15,6 +16,8 @@ public typealias E1000NetworkDevice = E1000<MMIORegisters, HeapDMAMemory>
 public enum NetworkDevice: NetworkInterface {
     case virtio(VirtioNetworkDevice)
     case e1000(E1000NetworkDevice)
+    /// An interface the platform found without PCI (`PlatformDevices`).
+    case platform(any PlatformNetworkInterface)
     /// Only while a mutating call has the driver out of the enum, so the
     /// driver's buffers stay uniquely referenced (no copy-on-write copies).
     case detached
@@ -23,6 +26,7 @@ public enum NetworkDevice: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.macAddress
         case .e1000(let nic): return nic.macAddress
+        case .platform(let nic): return nic.macAddress
         case .detached: return MACAddress(0, 0, 0, 0, 0, 0)
         }
     }
@@ -31,6 +35,7 @@ public enum NetworkDevice: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.mtu
         case .e1000(let nic): return nic.mtu
+        case .platform(let nic): return nic.mtu
         case .detached: return 1500
         }
     }
@@ -39,6 +44,7 @@ public enum NetworkDevice: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.isLinkUp
         case .e1000(let nic): return nic.isLinkUp
+        case .platform(let nic): return nic.isLinkUp
         case .detached: return false
         }
     }
@@ -47,6 +53,7 @@ public enum NetworkDevice: NetworkInterface {
         switch self {
         case .virtio(let nic): return nic.statistics
         case .e1000(let nic): return nic.statistics
+        case .platform(let nic): return nic.statistics
         case .detached: return NetworkInterfaceStatistics()
         }
     }
@@ -60,6 +67,8 @@ public enum NetworkDevice: NetworkInterface {
         case .e1000(var nic):
             self = .detached
             defer { self = .e1000(nic) }
+            try nic.send(frame: frame)
+        case .platform(let nic):
             try nic.send(frame: frame)
         case .detached:
             throw .linkDown
@@ -76,6 +85,8 @@ public enum NetworkDevice: NetworkInterface {
             self = .detached
             defer { self = .e1000(nic) }
             return try nic.receive(limit: limit, body)
+        case .platform(let nic):
+            return try nic.receive(limit: limit, body)
         case .detached:
             throw .linkDown
         }
@@ -91,6 +102,7 @@ public enum NetworkDevice: NetworkInterface {
             self = .detached
             nic.beginTransmitBatch()
             self = .e1000(nic)
+        case .platform(let nic): nic.beginTransmitBatch()
         case .detached: break
         }
     }
@@ -105,6 +117,7 @@ public enum NetworkDevice: NetworkInterface {
             self = .detached
             nic.endTransmitBatch()
             self = .e1000(nic)
+        case .platform(let nic): nic.endTransmitBatch()
         case .detached: break
         }
     }
@@ -114,15 +127,18 @@ public enum NetworkDevice: NetworkInterface {
         switch self {
         case .virtio(let nic): try? nic.shutdown()
         case .e1000(let nic): nic.shutdown()
+        case .platform(let nic): nic.shutdown()
         case .detached: break
         }
     }
 
-    /// "virtio-net" or "e1000", as rumprun-cli names the drivers.
+    /// "virtio-net", "e1000" or the platform's ("xen-netfront"), as
+    /// rumprun-cli names the drivers.
     public var driverName: StaticString {
         switch self {
         case .virtio: return "virtio-net"
         case .e1000: return "e1000"
+        case .platform(let nic): return nic.driverName
         case .detached: return "none"
         }
     }
@@ -132,6 +148,11 @@ public enum NetworkDevice: NetworkInterface {
     /// polled mode (the caller's loop calls `receive`). Nil when there is
     /// none or its driver fails to start.
     public static func probe(driver: String?) -> NetworkDevice? {
+        // Interfaces the platform registered (Xen's netfront) come first.
+        for entry in PlatformDevices.networkInterfaces {
+            if let driver, !PlatformDevices.matches(entry.device.driverName, driver) { continue }
+            return .platform(entry.device)
+        }
         for (function, name) in NetworkDeviceProbe.functions() {
             if let driver, !driver.utf8.elementsEqual(UnsafeBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount)) { continue }
             if let started = try? NetworkDeviceProbe.start(function, driver: name, tag: "", interrupts: false) { return started.device }

@@ -1,6 +1,7 @@
 // Storage: block devices for applications. `StorageDevice.open("blk0")`
 // starts the virtio-blk driver of the disk the launcher attached under that
-// tag (`-b`, Rumprun.blockDevices) and offers blocking, sector-granular
+// tag (`-b`, Rumprun.blockDevices), or takes the disk the platform
+// registered for it (Xen's blkfront, `PlatformDevices`), and offers blocking, sector-granular
 // reads, writes and flushes usable from several threads: one lock per
 // device, each request waits for its completion (woken by the device's
 // interrupt, or polled when none could be connected). Requests go through
@@ -33,7 +34,13 @@ public enum StorageError: Error, Equatable {
         switch self {
         case .notConfigured(let tag, let available):
             return "no block device '\(tag)' (the launcher attached \(available.isEmpty ? "none; run with -b FILE" : "\(available)"))"
-        case .deviceNotFound(let tag): return "\(tag): no virtio-blk device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
+        case .deviceNotFound(let tag):
+            if PlatformDevices.blockDevices.isEmpty && PlatformDevices.problems.isEmpty {
+                return "\(tag): no virtio-blk device on the PCI bus (ports 0xCF8/0xCFC; use --machine pc)"
+            }
+            var text = "\(tag): the platform attached no disk for it"
+            for problem in PlatformDevices.problems { text += "; " + problem }
+            return text
         case .unsupportedDriver(let tag, let driver): return "\(tag): driver \(driver) is not supported here"
         case .driverFailed(let tag, let code): return "\(tag): the virtio-blk driver failed to start (code \(code))"
         case .alreadyOpen(let tag): return "\(tag): already open"
@@ -80,13 +87,16 @@ public final class StorageDevice {
     public let sectorSize: Int
     public let sectorCount: UInt64
     public let isReadOnly: Bool
-    /// "MSI-X" or "INTx" when completions interrupt; nil when polled.
+    /// "MSI-X", "INTx" or "event channel" (Xen) when completions
+    /// interrupt; nil when polled.
     public let interruptMode: StaticString?
 
     /// Bytes of the device.
     public var capacity: UInt64 { sectorCount &* UInt64(sectorSize) }
 
-    var driver: VirtioBlockDevice
+    /// The virtio-blk driver, or nil for a platform device.
+    var driver: VirtioBlockDevice?
+    let platformDriver: (any PlatformBlockDevice)?
     let lock = Mutex()
     let bounce: UnsafeMutableRawBufferPointer
     let slot: Int
@@ -103,9 +113,23 @@ public final class StorageDevice {
     init(tag: String, driver: VirtioBlockDevice, slot: Int, interruptMode: StaticString?, detach: (() -> Void)?, bounce: UnsafeMutableRawBufferPointer) {
         self.tag = tag
         self.driver = driver
+        platformDriver = nil
         sectorSize = driver.sectorSize
         sectorCount = driver.sectorCount
         isReadOnly = driver.isReadOnly
+        self.slot = slot
+        self.interruptMode = interruptMode
+        self.detach = detach
+        self.bounce = bounce
+    }
+
+    init(tag: String, platformDriver: any PlatformBlockDevice, slot: Int, interruptMode: StaticString?, detach: (() -> Void)?, bounce: UnsafeMutableRawBufferPointer) {
+        self.tag = tag
+        driver = nil
+        self.platformDriver = platformDriver
+        sectorSize = platformDriver.sectorSize
+        sectorCount = platformDriver.sectorCount
+        isReadOnly = platformDriver.isReadOnly
         self.slot = slot
         self.interruptMode = interruptMode
         self.detach = detach
@@ -125,8 +149,16 @@ public final class StorageDevice {
         guard let position = configured.firstIndex(where: { $0.tag.utf8.elementsEqual(tag.utf8) }) else {
             throw .notConfigured(tag: tag, available: configured.map { $0.tag })
         }
-        guard configured[position].driver.utf8.elementsEqual("virtio-blk".utf8) else {
-            throw .unsupportedDriver(tag: tag, driver: configured[position].driver)
+        let driverName = configured[position].driver
+        if !driverName.utf8.elementsEqual("virtio-blk".utf8) {
+            if PlatformDevices.blockDevices.isEmpty && PlatformDevices.problems.isEmpty {
+                throw .unsupportedDriver(tag: tag, driver: driverName)
+            }
+            if open.contains(where: { $0.utf8.elementsEqual(tag.utf8) }) { throw .alreadyOpen(tag: tag) }
+            // The n-th `-b` of a platform driver is its unit n (xvda, xvdb, ...).
+            let unit = configured[0..<position].filter { $0.driver.utf8.elementsEqual(driverName.utf8) }.count
+            guard let device = PlatformDevices.blockDevice(driver: driverName, unit: unit) else { throw .deviceNotFound(tag: tag) }
+            return try openPlatform(tag, device: device, interrupts: interrupts)
         }
         if open.contains(where: { $0.utf8.elementsEqual(tag.utf8) }) { throw .alreadyOpen(tag: tag) }
         // The position among the virtio-blk entries picks the PCI function.
@@ -165,6 +197,23 @@ public final class StorageDevice {
         return StorageDevice(tag: tag, driver: driver, slot: slot, interruptMode: mode, detach: detach, bounce: bounce)
     }
 
+    /// `open` for a disk the platform registered (called with the registry lock held).
+    static func openPlatform(_ tag: String, device: any PlatformBlockDevice, interrupts: Bool) throws(StorageError) -> StorageDevice {
+        guard let slot = (0..<StorageWakeup.slots).first(where: { index in StorageWakeup.waiting[index] == nil && !usedSlots.contains(index) })
+        else { throw .driverFailed(tag: tag, code: -1) }
+        guard let memory = HeapDMAMemory().allocate(byteCount: transferSize, alignment: 4096) else { throw .driverFailed(tag: tag, code: -2) }
+        let bounce = UnsafeMutableRawBufferPointer(start: memory, count: transferSize)
+        var mode: StaticString? = nil
+        var detach: (() -> Void)? = nil
+        if interrupts, let how = device.connectWakeup({ StorageWakeup.wake(slot) }) {
+            mode = how
+            detach = { device.disconnectWakeup() }
+        }
+        usedSlots.append(slot)
+        open.append(tag)
+        return StorageDevice(tag: tag, platformDriver: device, slot: slot, interruptMode: mode, detach: detach, bounce: bounce)
+    }
+
     nonisolated(unsafe) static var usedSlots: [Int] = []
     /// Guards `open` and `usedSlots` (opens may race on several CPUs).
     nonisolated(unsafe) static let registryLock = Mutex()
@@ -189,15 +238,22 @@ public final class StorageDevice {
         StorageWakeup.waiting[slot] = ThreadRuntime.current?.id
         defer { StorageWakeup.waiting[slot] = nil }
         do throws(BlockDeviceError) {
-            try driver.submit(BlockRequest(operation: operation, sector: sector, buffer: buffer, tag: tag))
+            let request = BlockRequest(operation: operation, sector: sector, buffer: buffer, tag: tag)
+            if let platformDriver { try platformDriver.submit(request) } else { try driver!.submit(request) }
         } catch {
             failedRequestCount &+= 1
             throw Self.map(error)
         }
         var outcome: Result<Int, BlockDeviceError>? = nil
         while outcome == nil {
-            _ = driver.pollCompletions { completion in
-                if completion.tag == tag { outcome = completion.result }
+            if let platformDriver {
+                _ = platformDriver.pollCompletions { completion in
+                    if completion.tag == tag { outcome = completion.result }
+                }
+            } else {
+                _ = driver!.pollCompletions { completion in
+                    if completion.tag == tag { outcome = completion.result }
+                }
             }
             if outcome != nil { break }
             if interruptMode != nil {
@@ -299,7 +355,8 @@ public final class StorageDevice {
         do throws(StorageError) { try perform(.flush, sector: 0, byteCount: 0) } catch { failure = error }
         isClosed = true
         detach?()
-        try? driver.shutdown()
+        // A platform disk stays connected to its backend for a later open.
+        try? driver?.shutdown()
         StorageDevice.registryLock.withLock {
             StorageDevice.open.removeAll { $0.utf8.elementsEqual(tag.utf8) }
             StorageDevice.usedSlots.removeAll { $0 == slot }

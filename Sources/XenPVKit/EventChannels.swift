@@ -126,6 +126,19 @@ public struct EventChannels<H: Hypercalls> {
         do { try hypervisor.unmaskPort(port) } catch { throw .hypercall(error) }
     }
 
+    /// Masks `port` and forgets its handler; the port stays open (its
+    /// owner closes it, for instance a frontend releasing its channel).
+    public mutating func detach(_ port: EventChannelPort) {
+        guard Int(port) < Self.portLimit else { return }
+        cxen_or64(word(Self.maskOffset, port), bit(port))
+        handlers[Int(port)] = nil
+    }
+
+    /// Whether `port` has a handler.
+    public func hasHandler(_ port: EventChannelPort) -> Bool {
+        Int(port) < Self.portLimit && handlers[Int(port)] != nil
+    }
+
     /// Detaches the handler, masks and closes `port`.
     public mutating func close(_ port: EventChannelPort) throws(EventChannelError) {
         try mask(port)
@@ -161,6 +174,10 @@ public struct EventChannels<H: Hypercalls> {
                     if let handler = handlers[Int(port)] {
                         handler(port)
                     } else {
+                        // Nobody waits on it: keep it masked so it raises
+                        // no further upcalls (a later `attach` unmasks it
+                        // and Xen redelivers what is pending by then).
+                        cxen_or64(maskWord, UInt64(1) << UInt64(bitIndex))
                         unhandledEvents += 1
                     }
                     handled += 1

@@ -28,6 +28,9 @@ enum XenGuest {
     nonisolated(unsafe) static var attached = false
     /// PVH: the guest frame of shared info (0 for PV, which maps it elsewhere).
     nonisolated(unsafe) static var sharedInfoFrame: UInt64 = 0
+    /// PVH: the store and console pages and ports, for the run time
+    /// (XenRuntime.swift) once the platform has threads.
+    nonisolated(unsafe) static var pvhChannels: XenBootChannels? = nil
 
     static func write(_ bytes: UnsafeRawBufferPointer) {
         if console != nil {
@@ -81,6 +84,7 @@ public func xenAttach(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Int32 
     }
     XenGuest.attached = true
     XenGuest.sharedInfoFrame = session.sharedInfoFrame
+    XenGuest.pvhChannels = session.channels
     // PVH: guest frames are physical addresses, identity-mapped at boot
     // and later inside the hw platform's device window (3-4 GiB).
     XenGuest.console = ConsoleRing(

@@ -247,6 +247,26 @@ public struct XenStore<H: Hypercalls> {
         }
     }
 
+    /// Waits (up to `maximumWaits` events) for a watch event carrying
+    /// `token`; events of other watches stay queued, in order, for
+    /// `nextWatchEvent()` (a handshake waiting for its backend must not
+    /// swallow another device's state change).
+    public mutating func waitForWatchEvent(token: String) throws(XenStoreError) -> XenStoreWatchEvent {
+        var waits = 0
+        while true {
+            try drain()
+            if let index = watchEvents.firstIndex(where: { $0.token.utf8.elementsEqual(token.utf8) }) {
+                return watchEvents.remove(at: index)
+            }
+            if waits == maximumWaits { throw .noResponse(request: UInt32(XS_WATCH_EVENT.rawValue), waits: waits) }
+            hypervisor.block()
+            waits += 1
+        }
+    }
+
+    /// Watch events queued and not yet taken.
+    public var queuedWatchEventCount: Int { watchEvents.count }
+
     // MARK: Messages
 
     static func pair(_ first: String, _ second: String) -> [UInt8] {

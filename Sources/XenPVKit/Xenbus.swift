@@ -125,7 +125,7 @@ public struct XenbusDevice: Sendable {
             if current == .closing || current == .closed {
                 throw .backendGone(state: current, expected: expected)
             }
-            do { _ = try store.waitForWatchEvent() } catch { throw .store(error) }
+            do { _ = try store.waitForWatchEvent(token: token) } catch { throw .store(error) }
         }
     }
 

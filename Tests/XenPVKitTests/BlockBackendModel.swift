@@ -28,6 +28,13 @@ final class BlockBackendModel: BackendModel {
     var fault: Fault = .none
     /// Closes instead of connecting (a backend that cannot open its disk).
     var refusesConnection = false
+    /// Stays in InitWait whatever the frontend does.
+    var hangs = false
+    /// Runs when the frontend has published its ring, before connecting
+    /// (tests make other things happen mid-handshake).
+    var onFrontendInitialised: (() -> Void)? = nil
+    /// Steps to let pass after the frontend is Initialised before connecting.
+    var connectDelay = 0
     var state: XenbusDeviceState = .initialising
     var ring: BackRing<BlkifRing>?
     var ringReference: GrantReference = 0
@@ -41,13 +48,13 @@ final class BlockBackendModel: BackendModel {
     init(
         hypervisor: SimulatedHypervisor, store: XenStoreDaemonModel, frontendPath: String,
         sectors: Int = 256, sectorSize: Int = 512, features: [String: String] = ["feature-flush-cache": "1"],
-        info: Int = 0
+        info: Int = 0, virtualDevice: Int = 768
     ) {
         self.hypervisor = hypervisor
         self.store = store
         self.frontendPath = frontendPath
         self.sectorSize = sectorSize
-        backendPath = "/local/domain/0/backend/vbd/\(SimulatedHypervisor.selfDomain)/768"
+        backendPath = "/local/domain/0/backend/vbd/\(SimulatedHypervisor.selfDomain)/\(virtualDevice)"
         disk = (0..<sectors * sectorSize).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
         // What the toolstack writes before the guest starts.
         store.set(frontendPath + "/backend", backendPath)
@@ -74,8 +81,15 @@ final class BlockBackendModel: BackendModel {
     }
 
     func step() {
+        if hangs { return }
         switch state {
         case .initWait where frontendState == .initialised:
+            onFrontendInitialised?()
+            onFrontendInitialised = nil
+            if connectDelay > 0 {
+                connectDelay -= 1
+                return
+            }
             if refusesConnection { setState(.closing) } else { connect() }
         case .connected:
             if frontendState == .closing || frontendState == .closed {

@@ -22,6 +22,9 @@ final class NetworkBackendModel: BackendModel {
     let frontendPath: String
     let backendPath: String
     var fault: Fault = .none
+    /// Stays in InitWait whatever the frontend does (a backend whose
+    /// hotplug never finishes connecting).
+    var hangs = false
     var state: XenbusDeviceState = .initialising
     var transmitRing: BackRing<NetifTransmitRing>?
     var receiveRing: BackRing<NetifReceiveRing>?
@@ -37,14 +40,17 @@ final class NetworkBackendModel: BackendModel {
     var fragmentSize = 4096
     var notifications = 0
 
-    init(hypervisor: SimulatedHypervisor, store: XenStoreDaemonModel, frontendPath: String, rxCopy: Bool = true, mtu: Int? = nil) {
+    init(
+        hypervisor: SimulatedHypervisor, store: XenStoreDaemonModel, frontendPath: String, rxCopy: Bool = true, mtu: Int? = nil,
+        handle: Int = 0, mac: String = "00:16:3e:0a:0b:0c", writesBackendKey: Bool = true
+    ) {
         self.hypervisor = hypervisor
         self.store = store
         self.frontendPath = frontendPath
-        backendPath = "/local/domain/0/backend/vif/\(SimulatedHypervisor.selfDomain)/0"
-        store.set(frontendPath + "/backend", backendPath)
+        backendPath = "/local/domain/0/backend/vif/\(SimulatedHypervisor.selfDomain)/\(handle)"
+        if writesBackendKey { store.set(frontendPath + "/backend", backendPath) }
         store.set(frontendPath + "/backend-id", "0")
-        store.set(frontendPath + "/mac", "00:16:3e:0a:0b:0c")
+        store.set(frontendPath + "/mac", mac)
         if let mtu { store.set(frontendPath + "/mtu", String(mtu)) }
         store.set(frontendPath + "/state", "1")
         store.set(backendPath + "/frontend", frontendPath)
@@ -64,6 +70,7 @@ final class NetworkBackendModel: BackendModel {
     }
 
     func step() {
+        if hangs { return }
         switch state {
         case .initWait where frontendState == .connected:
             connect()

@@ -221,6 +221,24 @@ public enum Interrupts {
         return InterruptRegistration(vector: vector, line: nil)
     }
 
+    /// Registers `handler` on `vector` above the device range that a
+    /// hypervisor raises by itself (Xen's event-channel upcall,
+    /// `HVMOP_set_evtchn_upcall_vector`). The vectors the interrupt layer
+    /// uses itself (timer, wake-up, TLB shootdown, APIC error, spurious)
+    /// and one that already has a handler are refused.
+    public static func register(fixedVector vector: UInt8, handler: @escaping InterruptHandler) throws(InterruptError) -> InterruptRegistration {
+        guard isRunning else { throw .notStarted }
+        let reserved = [InterruptVectors.timer, InterruptVectors.wakeup, InterruptVectors.tlbShootdown, InterruptVectors.apicError, InterruptVectors.spurious]
+        guard vector > InterruptVectors.lastDevice, !reserved.contains(vector) else { throw .vectorBusy(vector) }
+        let wasEnabled = cpu_save_and_disable_interrupts() & (1 << 9) != 0
+        defer { if wasEnabled { cpu_enable_interrupts() } }
+        guard handlers[Int(vector) * handlersPerVector] == nil else { throw .vectorBusy(vector) }
+        handlers[Int(vector) * handlersPerVector] = handler
+        unclaimedRun[Int(vector)] = 0
+        silenced[Int(vector)] = false
+        return InterruptRegistration(vector: vector, line: nil)
+    }
+
     /// The MSI message that raises `vector` on this CPU (edge, fixed).
     public static func message(vector: UInt8) -> MSIMessage {
         MSIMessage(vector: vector, destination: UInt8(truncatingIfNeeded: bootProcessorAPICID))

@@ -210,6 +210,7 @@ public enum ThreadRuntime {
         let main: ThreadControl
         do throws(ThreadError) {
             main = try makeThread(name: Array("main".utf8), priority: normalPriority, stackSize: mainStackSize, processor: nil) {
+                bmk_xen_start_devices()  // Xen PVH: event upcall, xenbus devices (XenPVKit; no-op elsewhere)
                 let status = bmk_call_main()
                 Platform.exit(status)
             }

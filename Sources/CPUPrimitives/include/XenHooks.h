@@ -18,6 +18,11 @@ int32_t bmk_xen_tsc_scale(uint32_t *multiplier, int8_t *shift);
 /// The current Unix time in nanoseconds from Xen's wall clock in shared
 /// info; nonzero when attached and Xen has published one.
 int32_t bmk_xen_wall_clock(uint64_t *unix_nanoseconds);
+/// Called once on the main thread before the application's main, when
+/// the platform has its heap, interrupts and threads: on Xen (PVH), binds
+/// the event upcall, connects the xenbus devices and registers them for
+/// Rumprun.
+void bmk_xen_start_devices(void);
 /// The guest ends with debug-exit value `port_value` (GuestExit); on Xen
 /// this records the outcome and shuts the domain down.
 void bmk_xen_exit(uint8_t port_value);
