@@ -116,15 +116,18 @@ public struct GuestBuilder: Sendable {
         } catch {
             throw .outputNotWritable(path: cacheDirectory, detail: error.localizedDescription)
         }
-        let partial = object + ".partial"
+        // Two bakes of the same application at once (parallel tests, two
+        // shells) each compile into their own partial file; rename(2)
+        // replaces atomically, so the cache never holds a torn object and
+        // the later bake does not fail because the earlier one finished.
+        let partial = object + ".partial-\(getpid())-\(UInt32.random(in: 0...UInt32.max))"
+        defer { try? FileManager.default.removeItem(atPath: partial) }
         var arguments = ["-target", Self.triple] + Self.swiftFlags
         arguments += ["-module-name", moduleName, "-I", moduleDirectory, "-I", sourceRoot + "/Sources/CPUPrimitives/include"]
         arguments += ["-c"] + sources + ["-o", partial]
         try Toolchain.run(toolchain.swiftc, arguments)
-        do {
-            try FileManager.default.moveItem(atPath: partial, toPath: object)
-        } catch {
-            throw .outputNotWritable(path: object, detail: error.localizedDescription)
+        guard rename(partial, object) == 0 else {
+            throw .outputNotWritable(path: object, detail: String(cString: strerror(errno)))
         }
         return (object, false)
     }
