@@ -37,6 +37,8 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
     static var wireSectorSize: Int { 512 }
 
     public private(set) var sectorSize: Int
+    /// "physical-sector-size" (defaults to the logical sector size).
+    public private(set) var physicalSectorSize: Int
     public private(set) var sectorCount: UInt64
     public private(set) var isReadOnly: Bool
     /// "feature-flush-cache", "feature-barrier", "feature-max-indirect-segments".
@@ -71,6 +73,7 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
         /// Where this part's bytes start in the caller's buffer.
         var bufferOffset: Int
         var isRead: Bool
+        var isFlush = false
     }
 
     struct Pending {
@@ -147,6 +150,7 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
         self.ringReference = ringReference
         self.port = port
         sectorSize = Self.wireSectorSize
+        physicalSectorSize = Self.wireSectorSize
         sectorCount = 0
         isReadOnly = false
         supportsFlush = false
@@ -179,9 +183,21 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
         guard size >= UInt64(Self.wireSectorSize), size <= UInt64(xenPageSize), size & (size - 1) == 0 else {
             throw .malformedNode(path: device.backendPath + "/sector-size")
         }
+        // Without "feature-large-sector-size" from the frontend, request
+        // sectors are 512-byte units (blkif.h) and the backend should say
+        // "sector-size" 512. Linux blkback says the disk's logical block
+        // size anyway and writes "sectors" in 512-byte units whatever that
+        // size (blkif.h's node text says "units of sector-size"; the two
+        // agree at 512). Follow blkback: capacity in `sectorSize` blocks is
+        // "sectors" * 512 / "sector-size".
+        let physical = try device.backendNumber("physical-sector-size", store: &store) ?? size
+        guard physical >= size, physical % size == 0, physical & (physical - 1) == 0 else {
+            throw .malformedNode(path: device.backendPath + "/physical-sector-size")
+        }
         let info = try device.backendNumber("info", store: &store) ?? 0
-        sectorCount = sectors
+        sectorCount = sectors / (size / UInt64(Self.wireSectorSize))
         sectorSize = Int(size)
+        physicalSectorSize = Int(physical)
         isReadOnly = info & UInt64(VDISK_READONLY) != 0
         supportsFlush = try device.backendFeature("feature-flush-cache", store: &store)
         supportsBarrier = try device.backendFeature("feature-barrier", store: &store)
@@ -299,7 +315,7 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
         guard let id = freeIDs.popLast(), !ring.isFull else { throw .queueFull }
         let serial = nextSerial
         nextSerial += 1
-        shadows[Int(id)] = Shadow(serial: serial, segments: [], indirectPages: [], bufferOffset: 0, isRead: false)
+        shadows[Int(id)] = Shadow(serial: serial, segments: [], indirectPages: [], bufferOffset: 0, isRead: false, isFlush: true)
         var wire = blkif_request()
         wire.operation = UInt8(operation)
         wire.nr_segments = 0
@@ -435,6 +451,12 @@ public struct BlockFront<H: Hypercalls, Memory: GuestMemory>: BlockDevice {
             }
         case BLKIF_RSP_EOPNOTSUPP:
             pending[index].state.failure = .unsupported
+            // The backend refused the cache flush or barrier it offered
+            // (blkback does when the disk below cannot): stop using it, as
+            // Linux blkfront does, so later flushes fall back or fail fast.
+            if shadow.isFlush {
+                if supportsFlush { supportsFlush = false } else { supportsBarrier = false }
+            }
         default:
             pending[index].state.failure = .deviceError(code: Int(response.status))
         }

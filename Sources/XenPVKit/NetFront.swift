@@ -1,7 +1,8 @@
 // NetFront: the Xen virtual network interface frontend (Xen public/io/netif.h
 // tx/rx requests and responses on two io/ring.h rings; xenbus keys
 // "tx-ring-ref", "rx-ring-ref", "event-channel", "request-rx-copy",
-// "feature-rx-notify", "mac", "mtu"), behind `NetworkInterface`.
+// "feature-rx-notify", "feature-no-csum-offload", "mac", "mtu"), behind
+// `NetworkInterface`.
 import CXen
 import DeviceInterfaces
 
@@ -61,6 +62,8 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
     var expectingExtraInfo = false
     /// Fragments of a frame that continues in the next response.
     var partialFrame: [UInt8] = []
+    /// The frame being reassembled was flagged `NETRXF_csum_blank`.
+    var partialFrameChecksumBlank = false
     var dropPartial = false
     var quarantine = GrantedPageQuarantine()
 
@@ -68,6 +71,13 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
     public var outstandingTransmitCount: Int { transmitSlots.count - freeTransmitIDs.count }
     /// Pages waiting for the backend to unmap them before they are freed.
     public var quarantinedPageCount: Int { quarantine.count }
+    /// Frames received with `NETRXF_csum_blank` whose TCP/UDP checksum
+    /// this frontend filled in (a backend ignoring "feature-no-csum-offload").
+    public private(set) var checksumsCompleted = 0
+
+    /// The largest MTU without "feature-sg" (ETH_DATA_LEN).
+    public static var maximumMTU: Int { 1500 }
+
     /// Receive buffers currently posted.
     public var postedReceiveBufferCount: Int { receiveBuffers.count { $0 != nil } }
 
@@ -90,9 +100,16 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
         let macText: [UInt8]
         do { macText = try store.read(nodePath + "/mac") } catch { throw .store(error) }
         guard let mac = Self.parseMAC(macText) else { throw .malformedNode(path: nodePath + "/mac") }
-        var mtu = 1500
+        var mtu = Self.maximumMTU
         do {
-            if let value = parseDecimal(try store.read(nodePath + "/mtu")), value >= 68, value <= 65535 { mtu = Int(value) }
+            // netif.h: the toolstack's "mtu" may only raise the MTU above
+            // 1500. This frontend does not write "feature-sg", and netback
+            // then caps its vif at ETH_DATA_LEN (1500) and sends no frame
+            // larger than that; transmit is one slot (one page) per frame.
+            // So a larger value is ignored, a smaller one honoured.
+            if let value = parseDecimal(try store.read(nodePath + "/mtu")), value >= 68 {
+                mtu = Int(min(value, UInt64(Self.maximumMTU)))
+            }
         } catch {
             if case .store(.noEntry, _) = error {} else { throw .store(error) }
         }
@@ -236,6 +253,12 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
                 try store.write(node + "/event-channel", XenbusDevice.decimalString(UInt64(port)), in: transaction)
                 try store.write(node + "/request-rx-copy", "1", in: transaction)
                 try store.write(node + "/feature-rx-notify", "1", in: transaction)
+                // netif.h: without this key the backend may hand over
+                // IPv4 TCP/UDP frames with NETRXF_csum_blank (a partial
+                // checksum, as Linux sends locally generated traffic);
+                // the network stack above verifies checksums, so ask for
+                // complete ones. IPv6 offload is off unless asked for.
+                try store.write(node + "/feature-no-csum-offload", "1", in: transaction)
                 try store.write(node + "/state", XenbusDevice.decimalString(UInt64(XenbusDeviceState.initialised.rawValue)), in: transaction)
             }
         } catch { throw .store(error) }
@@ -389,16 +412,26 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
                 dropPartial = flags & NETRXF_more_data != 0
                 partialFrame.removeAll()
             } else {
-                let bytes = UnsafeRawBufferPointer(start: buffer.page + Int(response.offset), count: Int(response.status))
+                let bytes = UnsafeMutableRawBufferPointer(start: buffer.page + Int(response.offset), count: Int(response.status))
+                // The first slot of a frame carries its checksum flags.
+                if partialFrame.isEmpty { partialFrameChecksumBlank = flags & NETRXF_csum_blank != 0 }
                 if flags & NETRXF_more_data != 0 {
                     partialFrame.append(contentsOf: bytes)
                 } else if partialFrame.isEmpty {
-                    body(bytes)
+                    if partialFrameChecksumBlank, InternetChecksum.completeTransportChecksum(frame: bytes) {
+                        checksumsCompleted += 1
+                    }
+                    body(UnsafeRawBufferPointer(bytes))
                     delivered += 1
                     statistics.framesReceived += 1
                     statistics.bytesReceived += bytes.count
                 } else {
                     partialFrame.append(contentsOf: bytes)
+                    if partialFrameChecksumBlank,
+                        partialFrame.withUnsafeMutableBytes({ InternetChecksum.completeTransportChecksum(frame: $0) })
+                    {
+                        checksumsCompleted += 1
+                    }
                     partialFrame.withUnsafeBytes { body($0) }
                     delivered += 1
                     statistics.framesReceived += 1
@@ -437,5 +470,86 @@ public struct NetFront<H: Hypercalls, Memory: GuestMemory>: NetworkInterface {
             }
             release(slot)
         }
+    }
+}
+
+/// The Internet checksum (RFC 1071) of TCP and UDP over IPv4 and IPv6, for
+/// frames a backend hands over with `NETRXF_csum_blank`: the checksum field
+/// then holds only the pseudo-header sum, and the receiver must finish it.
+enum InternetChecksum {
+    /// Computes the TCP or UDP checksum of the Ethernet `frame` in place.
+    /// False (frame unchanged) when it is not an unfragmented IPv4/IPv6
+    /// TCP/UDP frame whose lengths fit.
+    static func completeTransportChecksum(frame: UnsafeMutableRawBufferPointer) -> Bool {
+        var l3 = 14
+        guard frame.count >= l3 else { return false }
+        var etherType = be16(frame, 12)
+        if etherType == 0x8100 {
+            guard frame.count >= 18 else { return false }
+            etherType = be16(frame, 16)
+            l3 = 18
+        }
+        var sum: UInt64 = 0
+        let l4: Int
+        let l4Length: Int
+        let proto: UInt8
+        switch etherType {
+        case 0x0800:
+            guard frame.count >= l3 + 20, frame[l3] >> 4 == 4 else { return false }
+            let headerLength = Int(frame[l3] & 0x0F) * 4
+            let totalLength = Int(be16(frame, l3 + 2))
+            // A fragment's transport checksum covers other fragments too.
+            guard headerLength >= 20, totalLength >= headerLength, l3 + totalLength <= frame.count,
+                be16(frame, l3 + 6) & 0x3FFF == 0
+            else { return false }
+            proto = frame[l3 + 9]
+            l4 = l3 + headerLength
+            l4Length = totalLength - headerLength
+            sum = add(frame, from: l3 + 12, count: 8, to: sum)
+        case 0x86DD:
+            guard frame.count >= l3 + 40, frame[l3] >> 4 == 6 else { return false }
+            l4Length = Int(be16(frame, l3 + 4))
+            proto = frame[l3 + 6]
+            l4 = l3 + 40
+            guard l4 + l4Length <= frame.count else { return false }
+            sum = add(frame, from: l3 + 8, count: 32, to: sum)
+        default:
+            return false
+        }
+        let field: Int
+        switch proto {
+        case 6: field = l4 + 16
+        case 17: field = l4 + 6
+        default: return false
+        }
+        guard field + 2 <= l4 + l4Length else { return false }
+        sum += UInt64(proto) + UInt64(l4Length)
+        frame[field] = 0
+        frame[field + 1] = 0
+        sum = add(frame, from: l4, count: l4Length, to: sum)
+        while sum > 0xFFFF { sum = (sum & 0xFFFF) + (sum >> 16) }
+        var checksum = ~UInt16(sum)
+        if proto == 17 && checksum == 0 { checksum = 0xFFFF }
+        frame[field] = UInt8(checksum >> 8)
+        frame[field + 1] = UInt8(checksum & 0xFF)
+        return true
+    }
+
+    static func be16(_ bytes: UnsafeMutableRawBufferPointer, _ offset: Int) -> UInt16 {
+        UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1])
+    }
+
+    /// Adds `count` bytes as big-endian 16-bit words (an odd last byte
+    /// padded with zero).
+    static func add(_ bytes: UnsafeMutableRawBufferPointer, from start: Int, count: Int, to sum: UInt64) -> UInt64 {
+        var sum = sum
+        var index = start
+        let end = start + count
+        while index + 1 < end {
+            sum += UInt64(bytes[index]) << 8 | UInt64(bytes[index + 1])
+            index += 2
+        }
+        if index < end { sum += UInt64(bytes[index]) << 8 }
+        return sum
     }
 }

@@ -44,11 +44,19 @@ final class BlockBackendModel: BackendModel {
     var notifications = 0
     var operations: [Int32] = []
     var segmentCounts: [Int] = []
+    /// Requests refused as blkback refuses them (bad segments, beyond the
+    /// end, writes to a read-only disk), answered BLKIF_RSP_ERROR.
+    var rejected = 0
+    /// Answers flushes and barriers with BLKIF_RSP_EOPNOTSUPP (a disk
+    /// below that cannot flush).
+    var flushUnsupported = false
+    let readOnly: Bool
+    let maximumIndirectSegments: Int
 
     init(
         hypervisor: SimulatedHypervisor, store: XenStoreDaemonModel, frontendPath: String,
         sectors: Int = 256, sectorSize: Int = 512, features: [String: String] = ["feature-flush-cache": "1"],
-        info: Int = 0, virtualDevice: Int = 768
+        info: Int = 0, virtualDevice: Int = 768, physicalSectorSize: Int? = nil
     ) {
         self.hypervisor = hypervisor
         self.store = store
@@ -63,8 +71,13 @@ final class BlockBackendModel: BackendModel {
         store.set(backendPath + "/frontend", frontendPath)
         store.set(backendPath + "/state", "1")
         for (key, value) in features { store.set(backendPath + "/" + key, value) }
-        store.set(backendPath + "/sectors", String(sectors))
+        // As Linux blkback: "sectors" in 512-byte units whatever the
+        // logical block size ("sector-size").
+        store.set(backendPath + "/sectors", String(sectors * sectorSize / 512))
         store.set(backendPath + "/sector-size", String(sectorSize))
+        if let physicalSectorSize { store.set(backendPath + "/physical-sector-size", String(physicalSectorSize)) }
+        readOnly = info & Int(VDISK_READONLY) != 0
+        maximumIndirectSegments = Int(features["feature-max-indirect-segments"] ?? "0") ?? 0
         store.set(backendPath + "/info", String(info))
         // Hotplug done: wait for the frontend.
         setState(.initWait)
@@ -142,6 +155,25 @@ final class BlockBackendModel: BackendModel {
         return withUnsafeBytes(of: request.seg) { Array($0.bindMemory(to: blkif_request_segment.self).prefix(Int(request.nr_segments))) }
     }
 
+    /// The checks Linux blkback makes before any I/O: 1 to 11 segments
+    /// in a direct request, at most the advertised maximum in an indirect
+    /// one; each segment within its page (first_sect <= last_sect <= 7, in
+    /// 512-byte units); the whole request inside the disk; no writes to a
+    /// read-only disk.
+    func isValid(_ list: [blkif_request_segment], request: blkif_request, operation: Int32, sector: UInt64) -> Bool {
+        let indirect = Int32(request.operation) == BLKIF_OP_INDIRECT
+        guard !list.isEmpty, list.count <= (indirect ? maximumIndirectSegments : Int(BLKIF_MAX_SEGMENTS_PER_REQUEST)) else {
+            return false
+        }
+        var sectors = 0
+        for segment in list {
+            guard segment.first_sect <= segment.last_sect, Int(segment.last_sect) < 4096 / 512 else { return false }
+            sectors += Int(segment.last_sect) - Int(segment.first_sect) + 1
+        }
+        guard Int(sector) + sectors <= disk.count / 512 else { return false }
+        return !(operation == BLKIF_OP_WRITE && readOnly)
+    }
+
     func process() {
         guard var ring else { return }
         while let request = try? ring.dequeueRequest() {
@@ -165,8 +197,14 @@ final class BlockBackendModel: BackendModel {
                 operation = Int32(indirect.indirect_op)
                 sector = indirect.sector_number
             }
+            if (operation == BLKIF_OP_FLUSH_DISKCACHE || operation == BLKIF_OP_WRITE_BARRIER) && flushUnsupported {
+                response.status = Int16(BLKIF_RSP_EOPNOTSUPP)
+                ring.enqueue(response)
+                continue
+            }
             if operation == BLKIF_OP_READ || operation == BLKIF_OP_WRITE {
-                guard let list = segments(of: request) else {
+                guard let list = segments(of: request), isValid(list, request: request, operation: operation, sector: sector) else {
+                    rejected += 1
                     response.status = Int16(BLKIF_RSP_ERROR)
                     ring.enqueue(response)
                     continue

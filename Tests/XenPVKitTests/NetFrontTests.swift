@@ -124,7 +124,10 @@ func receiveAll(_ front: inout SimNetFront, limit: Int = 1000) throws -> [[UInt8
     @Test func aFrameSpanningSeveralBuffersIsReassembled() throws {
         var rig = NetRig(mtu: 9000)
         var front = try rig.connect()
-        #expect(front.mtu == 9000)
+        // Capped without feature-sg (PeerConformanceTests); a backend that
+        // splits frames over several slots anyway is still understood.
+        #expect(front.mtu == 1500)
+        rig.backend.canScatterGather = true
         let jumbo = frame(7, length: 9014)
         rig.backend.incoming = [jumbo, frame(8)]
         rig.hypervisor.runBackends()

@@ -39,6 +39,17 @@ final class NetworkBackendModel: BackendModel {
     /// Bytes per receive fragment (a page at most).
     var fragmentSize = 4096
     var notifications = 0
+    /// Read from the frontend at connect: "feature-sg" (netback then lets
+    /// its vif carry frames above 1514 bytes) and the absence of
+    /// "feature-no-csum-offload" (netback may then pass IPv4 TCP/UDP frames
+    /// with a partial checksum and NETRXF_csum_blank).
+    var canScatterGather = false
+    var ipv4ChecksumOffload = true
+    /// Ignores "feature-no-csum-offload" (a backend breaking netif.h).
+    var ignoresNoChecksumOffload = false
+    /// Frames the dom0 side could not pass: above 1514 bytes without
+    /// "feature-sg" (netback caps the vif's MTU at ETH_DATA_LEN).
+    var droppedForMTU = 0
 
     init(
         hypervisor: SimulatedHypervisor, store: XenStoreDaemonModel, frontendPath: String, rxCopy: Bool = true, mtu: Int? = nil,
@@ -91,6 +102,9 @@ final class NetworkBackendModel: BackendModel {
             let rx = UInt32(store.nodes[frontendPath + "/rx-ring-ref"] ?? ""),
             let port = UInt32(store.nodes[frontendPath + "/event-channel"] ?? ""),
             store.nodes[frontendPath + "/request-rx-copy"] == "1",
+            // Linux netback from 3.18 to 5.x refuses a frontend without it
+            // ("feature-rx-notify is mandatory"); later ones poll instead.
+            store.nodes[frontendPath + "/feature-rx-notify"] == "1",
             let txPage = try? hypervisor.mapGrant(tx, by: Self.domain, writable: true),
             let rxPage = try? hypervisor.mapGrant(rx, by: Self.domain, writable: true),
             hypervisor.connectBackend(to: port, from: Self.domain, onNotify: { [unowned self] in notifications += 1 })
@@ -100,6 +114,9 @@ final class NetworkBackendModel: BackendModel {
         }
         ringReferences = [tx, rx]
         guestPort = port
+        // What netback reads at connect (read_xenbus_vif_flags).
+        canScatterGather = store.nodes[frontendPath + "/feature-sg"] == "1"
+        ipv4ChecksumOffload = store.nodes[frontendPath + "/feature-no-csum-offload"] != "1"
         transmitRing = BackRing(attaching: txPage)
         receiveRing = BackRing(attaching: rxPage)
         setState(.connected)
@@ -141,6 +158,11 @@ final class NetworkBackendModel: BackendModel {
         guard var ring = receiveRing else { return }
         while !incoming.isEmpty {
             let frame = incoming[0]
+            if frame.count > 1514 && !canScatterGather {
+                incoming.removeFirst()
+                droppedForMTU += 1
+                continue
+            }
             let fragments = max(1, (frame.count + fragmentSize - 1) / fragmentSize)
             guard (try? ring.unconsumedRequests()) ?? 0 >= UInt32(fragments) else { break }
             incoming.removeFirst()
@@ -176,6 +198,26 @@ final class NetworkBackendModel: BackendModel {
             extra.u.gso.size = 1448
             ring.enqueue(variant: extra)
         }
+        if ring.pushResponses() { hypervisor.raise(guestPort) }
+        receiveRing = ring
+    }
+
+    /// Delivers an IPv4 TCP/UDP `frame` generated in the backend's domain
+    /// with a partial checksum (its checksum field holds the pseudo-header
+    /// sum only), as Linux does for CHECKSUM_PARTIAL: with checksum offload
+    /// on, as is, flagged NETRXF_csum_blank | NETRXF_data_validated; with it
+    /// off, the backend's stack completes the checksum first.
+    func deliverPartialChecksum(_ frame: [UInt8]) {
+        guard var ring = receiveRing, let request = try? ring.dequeueRequest() else { return }
+        var bytes = frame
+        var flags: UInt16 = 0
+        if ipv4ChecksumOffload || ignoresNoChecksumOffload {
+            flags = UInt16(NETRXF_csum_blank | NETRXF_data_validated)
+        } else {
+            PacketChecksums.fill(&bytes)
+        }
+        try! hypervisor.copy(into: request.gref, by: Self.domain, offset: 0, bytes: bytes)
+        ring.enqueue(netif_rx_response(id: request.id, offset: 0, flags: flags, status: Int16(bytes.count)))
         if ring.pushResponses() { hypervisor.raise(guestPort) }
         receiveRing = ring
     }

@@ -27,6 +27,8 @@ final class XenStoreDaemonModel: BackendModel {
     var received: [UInt8] = []
     var outgoing: [UInt8] = []
     var requestsSeen: [xsd_sockmsg] = []
+    /// Every XS_WRITE a client made, in order: path, value, transaction.
+    var writeLog: [(path: String, value: String, transaction: UInt32)] = []
 
     let size = UInt32(XENSTORE_RING_SIZE)
     func offset(_ path: PartialKeyPath<xenstore_domain_interface>) -> Int { MemoryLayout<xenstore_domain_interface>.offset(of: path)! }
@@ -123,11 +125,30 @@ final class XenStoreDaemonModel: BackendModel {
         tree[path] = value
     }
 
-    func fire(_ path: String) {
-        for watch in watches where path == watch.path || path.hasPrefix(watch.path + "/") {
+    /// Fires the watches on `path` and its ancestors; with `removed`, also
+    /// those on nodes below it (xenstored does: a watch on a node that goes
+    /// away with its parent fires, reporting the watched path).
+    func fire(_ path: String, removed: Bool = false) {
+        for watch in watches {
+            let event: String
+            if path == watch.path || path.hasPrefix(watch.path + "/") {
+                event = path
+            } else if removed && watch.path.hasPrefix(path + "/") {
+                event = watch.path
+            } else {
+                continue
+            }
             reply(UInt32(XS_WATCH_EVENT.rawValue), xsd_sockmsg(type: 0, req_id: 0, tx_id: 0, len: 0),
-                  Array(path.utf8) + [0] + Array(watch.token.utf8) + [0])
+                  Array(event.utf8) + [0] + Array(watch.token.utf8) + [0])
         }
+    }
+
+    /// Store removal from another domain (the toolstack destroying a
+    /// device): removes `path` and everything below, fires watches.
+    func removeTree(_ path: String) {
+        for key in nodes.keys where key == path || key.hasPrefix(path + "/") { nodes[key] = nil }
+        generation += 1
+        fire(path, removed: true)
     }
 
     func handle(_ request: xsd_sockmsg, _ payload: [UInt8]) {
@@ -136,6 +157,7 @@ final class XenStoreDaemonModel: BackendModel {
         var tree = request.tx_id == 0 ? nodes : transactions[request.tx_id]?.nodes
         if request.tx_id != 0 && tree == nil { return error("ENOENT", request) }
         var changed: String? = nil
+        var removedPath = false
         switch type {
         case XS_READ:
             let path = parts[0].hasPrefix("/") ? parts[0] : home.map { $0 + "/" + parts[0] } ?? parts[0]
@@ -145,15 +167,20 @@ final class XenStoreDaemonModel: BackendModel {
             guard parts.count >= 2, parts[0].hasPrefix("/") else { return error("EINVAL", request) }
             let value = String(decoding: payload[(parts[0].utf8.count + 1)...], as: UTF8.self)
             create(parts[0], value, in: &tree!)
+            writeLog.append((parts[0], value, request.tx_id))
             changed = parts[0]
             ok(request)
         case XS_MKDIR:
             if tree![parts[0]] == nil { create(parts[0], "", in: &tree!); changed = parts[0] }
             ok(request)
         case XS_RM:
-            guard tree![parts[0]] != nil else { return error("ENOENT", request) }
+            guard tree![parts[0]] != nil else {
+                // xenstored: removing a missing node is fine if its parent exists.
+                return tree![Self.parent(parts[0])] != nil ? ok(request) : error("ENOENT", request)
+            }
             for key in tree!.keys where key == parts[0] || key.hasPrefix(parts[0] + "/") { tree![key] = nil }
             changed = parts[0]
+            removedPath = true
             ok(request)
         case XS_DIRECTORY:
             guard tree![parts[0]] != nil else { return error("ENOENT", request) }
@@ -161,8 +188,10 @@ final class XenStoreDaemonModel: BackendModel {
         case XS_WATCH:
             watches.append((parts[0], parts[1]))
             ok(request)
-            // xenstored fires a new watch once straight away.
-            reply(UInt32(XS_WATCH_EVENT.rawValue), request, Array(parts[0].utf8) + [0] + Array(parts[1].utf8) + [0])
+            // xenstored fires a new watch once straight away; events carry
+            // no request or transaction id.
+            reply(UInt32(XS_WATCH_EVENT.rawValue), xsd_sockmsg(type: 0, req_id: 0, tx_id: 0, len: 0),
+                  Array(parts[0].utf8) + [0] + Array(parts[1].utf8) + [0])
         case XS_UNWATCH:
             guard let index = watches.firstIndex(where: { $0.path == parts[0] && $0.token == parts[1] }) else {
                 return error("ENOENT", request)
@@ -194,7 +223,7 @@ final class XenStoreDaemonModel: BackendModel {
             if request.tx_id == 0 {
                 nodes = tree!
                 generation += 1
-                fire(changed)
+                fire(changed, removed: removedPath)
             } else {
                 transactions[request.tx_id]!.nodes = tree!
                 transactions[request.tx_id]!.changed.insert(changed)
