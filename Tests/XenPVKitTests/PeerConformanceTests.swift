@@ -379,6 +379,11 @@ enum PacketChecksums {
         #expect(throws: XenStoreError.store(.noEntry, request: UInt32(XS_RM.rawValue))) {
             try store.remove("/local/domain/5/nothing/missing")
         }
+        // A second watch with the same path and token: EEXIST.
+        try store.watch("/local/domain/5/data", token: "t")
+        #expect(throws: XenStoreError.store(.exists, request: UInt32(XS_WATCH.rawValue))) {
+            try store.watch("/local/domain/5/data", token: "t")
+        }
     }
 
     /// xs_wire.h: XENSTORE_PAYLOAD_MAX (4096) bounds every message's

@@ -186,6 +186,8 @@ final class XenStoreDaemonModel: BackendModel {
             guard tree![parts[0]] != nil else { return error("ENOENT", request) }
             reply(request.type, request, Self.children(of: parts[0], in: tree!).flatMap { Array($0.utf8) + [0] })
         case XS_WATCH:
+            // xenstored refuses a second watch with the same path and token.
+            if watches.contains(where: { $0.path == parts[0] && $0.token == parts[1] }) { return error("EEXIST", request) }
             watches.append((parts[0], parts[1]))
             ok(request)
             // xenstored fires a new watch once straight away; events carry
