@@ -37,7 +37,7 @@ public enum ClockSource: Sendable {
 /// Monotonic and wall clocks in nanoseconds.
 public enum SystemClock {
     nonisolated(unsafe) static var counter: CounterClock? = nil
-    nonisolated(unsafe) public private(set) static var source: ClockSource? = nil
+    nonisolated(unsafe) public internal(set) static var source: ClockSource? = nil
     /// (Unix time in ns, monotonic ns) at the RTC reading; nil until read.
     nonisolated(unsafe) static var wallOrigin: (unix: UInt64, monotonic: UInt64)? = nil
     nonisolated(unsafe) static var wallUnavailable = false
@@ -417,4 +417,6 @@ struct FirmwareFacts {
         return facts
     }
 }
+@_cdecl("bmk_hw_clock_start")
+public func hwClockStart() { SystemClock.start() }
 #endif

@@ -65,8 +65,9 @@ static inline int cpu_rdrand64(uint64_t *value) {
     return ok;
 }
 static inline void cpu_halt(void) { __asm__ volatile("hlt"); }
-static inline void cpu_disable_interrupts(void) { __asm__ volatile("cli" ::: "memory"); }
-static inline void cpu_enable_interrupts(void) { __asm__ volatile("sti" ::: "memory"); }
+/// CLI and STI for the shared runtime (PrivilegedOperations.h).
+static inline void cpu_disable_interrupts(void) { bmk_interrupts_disable(); }
+static inline void cpu_enable_interrupts(void) { bmk_interrupts_enable(); }
 static inline void cpu_pause(void) { __asm__ volatile("pause"); }
 static inline void cpu_memory_barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
 static inline void cpu_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }
