@@ -63,3 +63,5 @@ __attribute__((weak)) void bmk_tlb_answer(int while_spinning) { bmk_hw_tlb_answe
 __attribute__((weak)) uint64_t bmk_stack_allocate(uint64_t pages) { return bmk_hw_stack_allocate(pages); }
 __attribute__((weak)) void bmk_stack_release(uint64_t guard_page) { bmk_hw_stack_release(guard_page); }
 __attribute__((weak)) void bmk_clock_start(void) { bmk_hw_clock_start(); }
+__attribute__((weak)) uint64_t bmk_clock_measure(uint32_t source) { return bmk_hw_clock_measure(source); }
+__attribute__((weak)) int bmk_rtc_read(uint8_t century_register, int64_t *seconds) { return bmk_hw_rtc_read(century_register, seconds); }

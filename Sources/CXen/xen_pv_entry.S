@@ -51,6 +51,8 @@ bmk_\name:
     dispatch stack_allocate, 14
     dispatch stack_release, 15
     dispatch clock_start, 16
+    dispatch clock_measure, 17
+    dispatch rtc_read, 18
 
     .section .data.xen_pv_dispatch, "aw", @progbits
     .balign 8
@@ -73,6 +75,8 @@ cxen_privileged_operations:
     .quad bmk_hw_stack_allocate
     .quad bmk_hw_stack_release
     .quad bmk_hw_clock_start
+    .quad bmk_hw_clock_measure
+    .quad bmk_hw_rtc_read
     .size cxen_privileged_operations, . - cxen_privileged_operations
 
 .macro save_general_registers

@@ -209,28 +209,37 @@ public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
             XenGuest.shutdown(.panicked)
         }
     }
-    startPVRuntime(session: session, configuration: configuration, hypervisor: &hypervisor)
-}
-
-/// Memory, traps, events and timer, then the shared runtime.
-func startPVRuntime(session: XenPVSession, configuration: UnsafeRawBufferPointer, hypervisor: inout HypercallPage) -> Never {
-    let startInfo = session.startInfo
-    guard let frames = UnsafePointer<UInt64>(bitPattern: UInt(startInfo.frameListAddress)) else {
+    guard let frames = UnsafePointer<UInt64>(bitPattern: UInt(session.startInfo.frameListAddress)) else {
         XenGuest.write("rumprun: panic: start_info has no P2M list\n")
         XenGuest.shutdown(.panicked)
     }
-    // Frames past Xen's bootstrap region, mapped with machine frames.
+    let map = mapPVMemory(startInfo: session.startInfo, frames: frames, hypervisor: &hypervisor)
+    startPVRuntime(session: session, configuration: configuration, frames: frames, map: map, hypervisor: &hypervisor)
+}
+
+/// The frames past Xen's bootstrap region mapped with machine frames
+/// (nothing allocated: the heap does not exist yet).
+@inline(never)
+func mapPVMemory(startInfo: XenStartInfo, frames: UnsafePointer<UInt64>, hypervisor: inout HypercallPage) -> XenPVMemoryMap {
     let layout = XenPVMemoryLayout(startInfo)
     var builder = XenPVPageTableBuilder<HypercallPage, XenPVIdentityPages>(
         layout: layout, frames: frames, access: XenPVIdentityPages(),
         batch: UnsafeMutableBufferPointer(start: cxen_pv_mmu_batch_address(), count: Int(cxen_pv_mmu_batch_count)))
-    let map: XenPVMemoryMap
     do throws(XenPVError) {
-        map = try builder.mapRemainingPages(hypervisor: &hypervisor)
+        return try builder.mapRemainingPages(hypervisor: &hypervisor)
     } catch {
         XenGuest.write("rumprun: panic: mapping the domain's memory through mmu_update failed\n")
         XenGuest.shutdown(.panicked)
     }
+}
+
+/// The heap, traps, events and timer, then the shared runtime.
+@inline(never)
+func startPVRuntime(
+    session: XenPVSession, configuration: UnsafeRawBufferPointer, frames: UnsafePointer<UInt64>, map: XenPVMemoryMap,
+    hypervisor: inout HypercallPage
+) -> Never {
+    let startInfo = session.startInfo
     XenGuest.write("rumprun: mapped ")
     XenGuest.write(decimal: map.newlyMapped)
     XenGuest.write(" pages with ")

@@ -31,7 +31,7 @@ enum XenPVRuntime {
                 idle_wait: xenPVIdleWait, console_device_write: xenPVConsoleDeviceWrite, platform_stop: xenPVPlatformStop,
                 processor_halt_forever: xenPVProcessorHaltForever, signal_processor: xenPVSignalProcessor,
                 tlb_answer: xenPVTLBAnswer, stack_allocate: xenPVStackAllocate, stack_release: xenPVStackRelease,
-                clock_start: xenPVClockStart))
+                clock_start: xenPVClockStart, clock_measure: xenPVClockMeasure, rtc_read: xenPVRTCRead))
     }
 
     static func writeHex(_ value: UInt64) {
@@ -133,6 +133,17 @@ func xenPVClockStart() {
     }
     Paravirtualization.startClock(scale: record.scale)
 }
+
+/// Only Xen's own record answers in a PV domain (no PIT, HPET or kvmclock).
+func xenPVClockMeasure(_ index: UInt32) -> UInt64 {
+    guard index == ClockSource.xen.index, let sharedInfo = XenPVRuntime.sharedInfo,
+        let record = XenTime.record(sharedInfo: sharedInfo), record.scale.multiplier != 0
+    else { return 0 }
+    return record.scale.ticksPerSecond
+}
+
+/// No CMOS clock: the wall clock is shared info's (bmk_xen_wall_clock).
+func xenPVRTCRead(_ centuryRegister: UInt8, _ seconds: UnsafeMutablePointer<Int64>?) -> Int32 { 0 }
 
 /// One vCPU: there is no other CPU to signal.
 func xenPVSignalProcessor(_ kind: UInt32, _ apicID: UInt32) {}

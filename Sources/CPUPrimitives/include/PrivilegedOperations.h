@@ -53,6 +53,12 @@ void bmk_stack_release(uint64_t guard_page);
 /// Starts the monotonic clock (hw: TSC calibration against kvmclock, the
 /// PIT or the HPET).
 void bmk_clock_start(void);
+/// The TSC frequency (Hz) measured with one clock source (SystemClock's
+/// ClockSource, in declaration order), 0 when it does not answer.
+uint64_t bmk_clock_measure(uint32_t source);
+/// One read of the battery-backed clock (hw: the CMOS RTC through ports
+/// 0x70/0x71): Unix seconds in *seconds and 1, or 0 when the read failed.
+int bmk_rtc_read(uint8_t century_register, int64_t *seconds);
 
 // The hw implementations (privileged.c; the bmk_hw_* of the second group
 // are Swift, in BareMetalKit).
@@ -73,5 +79,7 @@ void bmk_hw_tlb_answer(int while_spinning);
 uint64_t bmk_hw_stack_allocate(uint64_t pages);
 void bmk_hw_stack_release(uint64_t guard_page);
 void bmk_hw_clock_start(void);
+uint64_t bmk_hw_clock_measure(uint32_t source);
+int bmk_hw_rtc_read(uint8_t century_register, int64_t *seconds);
 
 #endif

@@ -204,6 +204,8 @@ struct cxen_privileged_operations {
     uint64_t (*stack_allocate)(uint64_t pages);
     void (*stack_release)(uint64_t guard_page);
     void (*clock_start)(void);
+    uint64_t (*clock_measure)(uint32_t source);
+    int (*rtc_read)(uint8_t century_register, int64_t *seconds);
 };
 extern struct cxen_privileged_operations cxen_privileged_operations;
 /// Replaces the table (once, with interrupts masked, before any lock).
