@@ -53,8 +53,11 @@ static inline void cpu_write_fs_base(uint64_t value) { __asm__ volatile("wrfsbas
 static inline void cpu_write_gs_base(uint64_t value) { __asm__ volatile("wrgsbase %0" : : "r"(value) : "memory"); }
 static inline uint64_t cpu_read_fs_base(void) { uint64_t v; __asm__ volatile("rdfsbase %0" : "=r"(v)); return v; }
 
-/// Reads the interrupt flag (RFLAGS bit 9); PrivilegedOperations.h.
-static inline int cpu_interrupts_enabled(void) { return bmk_interrupts_enabled(); }
+/// Reads the interrupt flag (RFLAGS bit 9). Declared with the seam's symbol
+/// (PrivilegedOperations.h), so a call goes straight to the operation: the
+/// importer emits static inline functions out of line, and a wrapper would
+/// add a jump to every lock.
+int cpu_interrupts_enabled(void) __asm__("bmk_interrupts_enabled");
 
 /// Section boundaries from the linker script (hw.ld), for the page tables.
 static inline uintptr_t bmk_text_end(void) { extern char __text_end[]; return (uintptr_t)__text_end; }
@@ -90,14 +93,14 @@ static inline uintptr_t bmk_tls_image_end(void) { extern char __tdata_end[]; ret
 static inline uintptr_t bmk_tls_segment_end(void) { extern char __tbss_end[]; return (uintptr_t)__tbss_end; }
 
 /// The FS base for CPUs without FSGSBASE (hw: WRMSR IA32_FS_BASE,
-/// 0xC0000100); PrivilegedOperations.h.
-static inline void cpu_write_fs_base_msr(uint64_t value) { bmk_set_fs_base(value); }
+/// 0xC0000100); bmk_set_fs_base in PrivilegedOperations.h.
+void cpu_write_fs_base_msr(uint64_t value) __asm__("bmk_set_fs_base");
 
 /// Saves RFLAGS and clears IF; returns the saved flags for restore
-/// (PrivilegedOperations.h).
-static inline uint64_t cpu_save_and_disable_interrupts(void) { return bmk_interrupts_save_disable(); }
+/// (bmk_interrupts_save_disable).
+uint64_t cpu_save_and_disable_interrupts(void) __asm__("bmk_interrupts_save_disable");
 
-/// Sets IF again if it was set in `flags` (from the function above).
-static inline void cpu_restore_interrupts(uint64_t flags) { bmk_interrupts_restore(flags); }
+/// Sets IF again if it was set in `flags` (bmk_interrupts_restore).
+void cpu_restore_interrupts(uint64_t flags) __asm__("bmk_interrupts_restore");
 
 #endif
