@@ -75,6 +75,33 @@ public struct XenPVInterruptFlag {
     }
 }
 
+/// The event callback's work (xen.h 2-level ABI): acknowledge the upcall,
+/// take the selector, and clear each pending port that is not masked.
+public enum XenPVEventAcknowledgement {
+    /// Acknowledges vCPU 0's upcall; returns how many ports were pending
+    /// and unmasked (now cleared). Masked pending ports stay pending.
+    @discardableResult
+    public static func acknowledge(sharedInfo: UnsafeMutableRawPointer) -> Int {
+        let vcpu = XenPVInterruptFlag.vcpuInfo(sharedInfo: sharedInfo)
+        cxen_store8(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_upcall_pending, 0)
+        cxen_mb()
+        var selector = cxen_xchg64(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_pending_sel, 0)
+        var cleared = 0
+        while selector != 0 {
+            let word = selector.trailingZeroBitCount
+            selector &= selector &- 1
+            let pending = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_pending + word * 8
+            let mask = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_mask + word * 8
+            let ready = cxen_load64(pending) & ~cxen_load64(mask)
+            if ready != 0 {
+                cxen_and64(pending, ~ready)
+                cleared += ready.nonzeroBitCount
+            }
+        }
+        return cleared
+    }
+}
+
 /// What the PV timer could not do.
 public enum XenPVTimerError: Error, Equatable, Sendable {
     /// Binding `VIRQ_TIMER` failed.

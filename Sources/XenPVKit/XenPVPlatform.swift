@@ -193,18 +193,7 @@ func setPVMapping(_ address: UInt64, mapped: Bool) -> Bool {
 public func xenPVEventUpcall() {
     guard let sharedInfo = XenPVRuntime.sharedInfo else { return }
     XenPVRuntime.upcalls &+= 1
-    let vcpu = XenPVInterruptFlag.vcpuInfo(sharedInfo: sharedInfo)
-    cxen_store8(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_upcall_pending, 0)
-    cxen_mb()
-    var selector = cxen_xchg64(vcpu + CXEN_OFFSETOF_vcpu_info_evtchn_pending_sel, 0)
-    while selector != 0 {
-        let word = selector.trailingZeroBitCount
-        selector &= selector &- 1
-        let pending = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_pending + word * 8
-        let mask = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_mask + word * 8
-        let ready = cxen_load64(pending) & ~cxen_load64(mask)
-        if ready != 0 { cxen_and64(pending, ~ready) }
-    }
+    XenPVEventAcknowledgement.acknowledge(sharedInfo: sharedInfo)
 }
 
 /// A CPU exception (frame as isr.S's: 15 registers, vector, error code,

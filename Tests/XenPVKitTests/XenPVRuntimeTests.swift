@@ -64,6 +64,26 @@ import Testing
         #expect(mask == 1)
     }
 
+    @Test func theEventCallbackClearsPendingUnmaskedPortsOnly() {
+        defer { sharedInfo.deallocate() }
+        let vcpu = machine.vcpuInfo!
+        let pending = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_pending
+        let mask = sharedInfo + CXEN_OFFSETOF_shared_info_evtchn_mask
+        // Ports 7 (the timer) and 70 pending, 70 masked; Xen set the selector bits and the upcall.
+        pending.storeBytes(of: 1 << 7, as: UInt64.self)
+        (pending + 8).storeBytes(of: 1 << 6, as: UInt64.self)
+        (mask + 8).storeBytes(of: 1 << 6, as: UInt64.self)
+        vcpu.storeBytes(of: 0b11, toByteOffset: CXEN_OFFSETOF_vcpu_info_evtchn_pending_sel, as: UInt64.self)
+        setPending(1)
+        #expect(XenPVEventAcknowledgement.acknowledge(sharedInfo: sharedInfo) == 1)
+        #expect(pending.load(as: UInt64.self) == 0)
+        #expect((pending + 8).load(as: UInt64.self) == 1 << 6, "a masked port stays pending")
+        #expect(vcpu.load(fromByteOffset: CXEN_OFFSETOF_vcpu_info_evtchn_pending_sel, as: UInt64.self) == 0)
+        #expect(!XenPVInterruptFlag(vcpuInfo: vcpu).upcallPending)
+        // Nothing pending: nothing cleared.
+        #expect(XenPVEventAcknowledgement.acknowledge(sharedInfo: sharedInfo) == 0)
+    }
+
     @Test func theTimerIsVIRQTimerAndTheSingleshotCall() throws {
         defer { sharedInfo.deallocate() }
         var hypervisor = machine
