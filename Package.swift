@@ -30,7 +30,7 @@ let guestCSettings: [CSetting] =
 var targets: [Target] = [
     .target(
         name: "CPUPrimitives",
-        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S", "switch.S", "xen_hooks.c"],
+        exclude: guest ? [] : ["entry.S", "isr.S", "libc.c", "ap_trampoline.S", "switch.S", "xen_hooks.c", "privileged.c"],
         cSettings: guestCSettings
     ),
     .target(
@@ -52,7 +52,7 @@ var targets: [Target] = [
     // system include directories in the guest world, so glibc stays out.
     .target(
         name: "CXen",
-        exclude: guest ? [] : ["xen_boot.S"],
+        exclude: guest ? [] : ["xen_boot.S", "xen_pv_entry.S"],
         cSettings: guestCSettings + (guest ? [.unsafeFlags(["-Xclang", "-nostdsysteminc"])] : [])
     ),
     // The Xen platform: hypercalls, event channels, grants, xenstore, frontends.

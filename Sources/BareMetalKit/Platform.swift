@@ -89,10 +89,7 @@ public enum Platform {
     /// with exactly one report.
     static func claimStop() {
         if stopClaimed.exchange(true, ordering: .acquiringAndReleasing) {
-            while true {
-                cpu_disable_interrupts()
-                cpu_halt()
-            }
+            while true { bmk_processor_halt_forever() }  // PrivilegedOperations.h
         }
         Processors.haltOthers()
     }
@@ -101,6 +98,12 @@ public enum Platform {
 
     static func halt(portValue: UInt8) -> Never {
         bmk_xen_exit(portValue)  // on Xen: SCHEDOP_shutdown (XenPVKit; returns elsewhere)
+        bmk_platform_stop(portValue)  // hw: isa-debug-exit (PrivilegedOperations.h)
+        while true { bmk_processor_halt_forever() }
+    }
+
+    /// The hw stop (bmk_hw_platform_stop).
+    static func stopOnHardware(portValue: UInt8) -> Never {
         cpu_outl(GuestExit.port, UInt32(portValue))
         // Without the debug-exit device the guest simply stops here.
         write("rumprun: halted (no isa-debug-exit device)\n")
@@ -245,6 +248,11 @@ public func bootMain(_ protocolNumber: UInt32, _ infoAddress: UInt32) -> Never {
     Processors.startAll()
     BootTrace.mark(.processors)
     ThreadRuntime.runMain()
+}
+
+@_cdecl("bmk_hw_platform_stop")
+public func hwPlatformStop(_ portValue: UInt8) {
+    Platform.stopOnHardware(portValue: portValue)
 }
 
 @_cdecl("bmk_stack_smashed")

@@ -22,9 +22,14 @@ public struct PlatformConsole {
 
     /// One byte to every console, as is.
     public mutating func write(_ byte: UInt8) {
+        bmk_console_device_write(byte)  // hw: COM1 and the text screen (PrivilegedOperations.h)
+        bmk_xen_console_putc(byte)  // the Xen console ring once attached (XenPVKit; no-op elsewhere)
+    }
+
+    /// The hw devices' part of `write` (bmk_hw_console_device_write).
+    mutating func writeToDevices(_ byte: UInt8) {
         serial.write(byte)
         screen?.write(byte)
-        bmk_xen_console_putc(byte)  // the Xen console ring once attached (XenPVKit; no-op elsewhere)
     }
 
     /// Bytes to every console, "\n" as "\r\n".
@@ -34,5 +39,10 @@ public struct PlatformConsole {
             write(byte)
         }
     }
+}
+
+@_cdecl("bmk_hw_console_device_write")
+public func hwConsoleDeviceWrite(_ byte: UInt8) {
+    Platform.console.writeToDevices(byte)
 }
 #endif

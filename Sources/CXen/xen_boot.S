@@ -14,8 +14,9 @@
  * - _start_xen_pv: the 64-bit PV entry (xen.h "start of day" layout: long
  *   mode on Xen's own page tables, the image mapped at VIRT_BASE + its
  *   physical address, RSI = virtual address of start_info, event upcalls
- *   masked). It sets a stack and the stack-protector guard and calls
- *   xen_pv_main(start_info) in XenPVKit. PV runs the kernel in ring 3, so
+ *   masked). It sets a stack, the boot TSC and the stack-protector guard
+ *   and calls xen_pv_main(start_info) in XenPVKit, which sets up the PV
+ *   runtime (xen_pv_entry.S has its trap and event entries) and runs main. PV runs the kernel in ring 3, so
  *   no privileged instruction (cli, hlt, lgdt, mov to CR) may appear here.
  */
 #include <xen/elfnote.h>
@@ -83,6 +84,7 @@ _start_xen_pv:
     rdtsc
     shlq $32, %rdx
     orq %rdx, %rax
+    movq %rax, bmk_boot_tsc(%rip)   /* the clock's origin, as entry.S records it */
     movabsq $0x9E3779B97F4A7C15, %rcx
     imulq %rcx, %rax
     movq %rax, __stack_chk_guard(%rip)

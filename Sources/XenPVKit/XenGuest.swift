@@ -1,8 +1,9 @@
 // XenGuest: the guest-world glue of the Xen boot paths. The hw boot's
 // hooks (CPUPrimitives XenHooks.h: attach, console byte, TSC scale, exit)
 // for a PVH domain, and xen_pv_main, which xen_boot.S's PV entry calls.
-// Nothing here allocates: the PVH attach runs before the hw platform has a
-// heap, and a PV domain never gets one (see Docs/xen.md). Guest world only;
+// The PVH attach allocates nothing (it runs before the hw platform has a
+// heap); the PV entry allocates nothing until it has made its own heap
+// (see Docs/xen.md). Guest world only;
 // not run from this repository's tests (no Xen host).
 #if hasFeature(Embedded)
 import BareMetalKit
@@ -161,10 +162,12 @@ public func xenExit(_ portValue: UInt8) {
 }
 
 /// The 64-bit PV entry's Swift half: start_info checked, Xen's pages
-/// mapped, the console ring up, the configuration found. The hw runtime
-/// (its page tables, descriptor tables, interrupts, heap lock) uses
-/// privileged instructions a PV kernel may not, so the application is not
-/// started: Docs/xen.md lists what PV still needs.
+/// mapped, the console ring up, the configuration found; then the rest of
+/// memory mapped (XenPVPageTableBuilder), the heap, trap table, callbacks
+/// and timer set up, the runtime's privileged operations pointed at the PV
+/// ones (XenPVPlatform), and the shared runtime started: threads, clock
+/// (vcpu_time_info) and the application's main. Its exit shuts the domain
+/// down (bmk_xen_exit: poweroff with the status, crash on panic).
 @_cdecl("xen_pv_main")
 public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
     var hypervisor = HypercallPage()
@@ -186,8 +189,10 @@ public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
     XenGuest.write(decimal: session.startInfo.pageCount)
     XenGuest.write(" pages\n")
     let commandLine = session.startInfo.commandLine(in: info)
+    var configuration = UnsafeRawBufferPointer(start: nil, count: 0)
     if XenBootConfiguration.commandLineHasConfiguration(commandLine) {
         XenGuest.write("rumprun: configuration on the command line\n")
+        configuration = commandLine
     } else {
         var reader = XenStoreBootReader(
             interface: UnsafeMutableRawPointer(bitPattern: UInt(session.store))!, port: session.startInfo.channels.storePort,
@@ -199,6 +204,7 @@ public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
                 XenGuest.write("rumprun: configuration from xenstore rumprun/cfg, ")
                 XenGuest.write(decimal: UInt64(length))
                 XenGuest.write(" bytes\n")
+                configuration = UnsafeRawBufferPointer(rebasing: buffer[0..<length])
             } else {
                 XenGuest.write("rumprun: no configuration\n")
             }
@@ -207,7 +213,92 @@ public func xenPVMain(_ startInfo: UnsafeMutableRawPointer) -> Never {
             XenGuest.shutdown(.panicked)
         }
     }
-    XenGuest.write("rumprun: the PV runtime (page tables through mmu_update, trap table, event callbacks, heap) is not written; stopping\n")
-    XenGuest.shutdown(.panicked)
+    guard let frames = UnsafePointer<UInt64>(bitPattern: UInt(session.startInfo.frameListAddress)) else {
+        XenGuest.write("rumprun: panic: start_info has no P2M list\n")
+        XenGuest.shutdown(.panicked)
+    }
+    let map = mapPVMemory(startInfo: session.startInfo, frames: frames, hypervisor: &hypervisor)
+    startPVRuntime(session: session, configuration: configuration, frames: frames, map: map, hypervisor: &hypervisor)
+}
+
+/// The frames past Xen's bootstrap region mapped with machine frames
+/// (nothing allocated: the heap does not exist yet).
+@inline(never)
+func mapPVMemory(startInfo: XenStartInfo, frames: UnsafePointer<UInt64>, hypervisor: inout HypercallPage) -> XenPVMemoryMap {
+    let layout = XenPVMemoryLayout(startInfo)
+    var builder = XenPVPageTableBuilder<HypercallPage, XenPVIdentityPages>(
+        layout: layout, frames: frames, access: XenPVIdentityPages(),
+        batch: UnsafeMutableBufferPointer(start: cxen_pv_mmu_batch_address(), count: Int(cxen_pv_mmu_batch_count)))
+    do throws(XenPVError) {
+        return try builder.mapRemainingPages(hypervisor: &hypervisor)
+    } catch {
+        XenGuest.write("rumprun: panic: mapping the domain's memory through mmu_update failed\n")
+        XenGuest.shutdown(.panicked)
+    }
+}
+
+/// The heap, traps, events and timer, then the shared runtime.
+@inline(never)
+func startPVRuntime(
+    session: XenPVSession, configuration: UnsafeRawBufferPointer, frames: UnsafePointer<UInt64>, map: XenPVMemoryMap,
+    hypervisor: inout HypercallPage
+) -> Never {
+    let startInfo = session.startInfo
+    XenGuest.write("rumprun: mapped ")
+    XenGuest.write(decimal: map.newlyMapped)
+    XenGuest.write(" pages with ")
+    XenGuest.write(decimal: map.newTables)
+    XenGuest.write(" new page tables; heap from frame ")
+    XenGuest.write(decimal: map.firstFree)
+    XenGuest.write("\n")
+    do throws(PageAllocatorError) {
+        try Paravirtualization.installHeap(firstFrame: map.firstFree, endFrame: map.pageCount)
+    } catch {
+        XenGuest.write("rumprun: panic: the heap's page allocator refused the free frames\n")
+        XenGuest.shutdown(.panicked)
+    }
+    XenPVRuntime.frames = frames
+    XenPVRuntime.pageCount = startInfo.pageCount
+    // Traps and callbacks instead of an IDT.
+    let table = UnsafeMutableBufferPointer(start: cxen_pv_trap_table_address(), count: XenPVTraps.entryCount)
+    let entries = XenPVTraps.fill(table) { cxen_pv_trap_stub(UInt32($0)) }
+    do throws(XenPVError) {
+        try XenPVTraps.install(
+            table: UnsafeBufferPointer(rebasing: table[0..<entries]), eventCallback: cxen_pv_event_callback_address(),
+            failsafeCallback: cxen_pv_failsafe_callback_address(), hypervisor: &hypervisor)
+    } catch {
+        XenGuest.write("rumprun: panic: Xen refused the trap table or the callbacks\n")
+        XenGuest.shutdown(.panicked)
+    }
+    // Events: every port masked but the timer's; delivery still masked in vcpu_info.
+    let sharedInfo = UnsafeMutableRawPointer(bitPattern: UInt(session.sharedInfo))!
+    XenPVRuntime.sharedInfo = sharedInfo
+    XenPVRuntime.interruptFlag = XenPVInterruptFlag(vcpuInfo: XenPVInterruptFlag.vcpuInfo(sharedInfo: sharedInfo))
+    XenPVRuntime.flag.disable()
+    XenHVMBoot.maskAllPorts(sharedInfo: sharedInfo)
+    do throws(XenPVTimerError) {
+        let timer = try XenPVTimer.start(hypervisor: &hypervisor)
+        try? hypervisor.unmaskPort(timer.port)
+        XenPVRuntime.timer = timer
+    } catch {
+        XenGuest.write("rumprun: panic: binding VIRQ_TIMER failed\n")
+        XenGuest.shutdown(.panicked)
+    }
+    // The clock hooks read vcpu_time_info at frame << 12 (VIRT_BASE 0).
+    XenGuest.sharedInfoFrame = session.sharedInfo >> 12
+    XenPVRuntime.install()
+    do throws(GuestConfiguration.Error) {
+        try Paravirtualization.setConfiguration(commandLine: Array(configuration))
+    } catch {
+        XenGuest.write("rumprun: panic: bad configuration (not a JSON object)\n")
+        XenGuest.shutdown(.panicked)
+    }
+    XenGuest.write("rumprun: PV runtime up (trap table, event callback, VIRQ_TIMER); starting main\n")
+    ThreadRuntime.runMain()
+}
+
+/// Page-table pages at their pseudo-physical addresses (VIRT_BASE 0).
+struct XenPVIdentityPages: XenPVPageAccess {
+    func page(pfn: UInt64) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(bitPattern: UInt(pfn << 12))! }
 }
 #endif

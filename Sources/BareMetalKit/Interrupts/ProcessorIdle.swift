@@ -21,6 +21,11 @@ public enum ProcessorIdle {
     /// re-check their own conditions after every return (spurious returns
     /// are allowed). Restores the caller's interrupt flag.
     public static func wait(untilTSC deadline: UInt64?) {
+        bmk_idle_wait(deadline ?? 0, deadline == nil ? 0 : 1)  // PrivilegedOperations.h
+    }
+
+    /// The hw wait (bmk_hw_idle_wait).
+    static func waitOnHardware(untilTSC deadline: UInt64?) {
         guard Interrupts.isRunning else {
             guard let deadline else {
                 cpu_pause()
@@ -56,5 +61,10 @@ public enum ProcessorIdle {
         LocalAPICTimer.disarm()
         if wasEnabled { cpu_enable_interrupts() }
     }
+}
+
+@_cdecl("bmk_hw_idle_wait")
+public func hwIdleWait(_ deadline: UInt64, _ hasDeadline: Int32) {
+    ProcessorIdle.waitOnHardware(untilTSC: hasDeadline != 0 ? deadline : nil)
 }
 #endif

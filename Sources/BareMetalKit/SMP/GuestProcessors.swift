@@ -213,7 +213,7 @@ public enum Processors {
         volatileStore(&block.pointee.mailboxArgument, argument)
         volatileStore(&block.pointee.mailboxWork, UInt64(UInt(bitPattern: unsafeBitCast(work, to: UnsafeRawPointer.self))))
         cpu_memory_barrier()
-        localAPIC?.send(.wakeUp(apicID: UInt32(block.pointee.apicID)))
+        bmk_signal_processor(0, UInt32(block.pointee.apicID))  // wake-up IPI (PrivilegedOperations.h)
         return true
     }
 
@@ -221,7 +221,7 @@ public enum Processors {
     /// already claimed and halts without a report.
     static func haltOthers() {
         guard onlineCount > 1 else { return }
-        localAPIC?.send(.nonMaskableToAllOthers)
+        bmk_signal_processor(1, 0)  // NMI to all others (PrivilegedOperations.h)
     }
 
     /// Work items CPU `index` has finished.
@@ -342,6 +342,15 @@ extension Processors {
             }
             Platform.write("\n")
         }
+    }
+}
+/// The hw side of PrivilegedOperations.h's bmk_signal_processor: an IPI.
+@_cdecl("bmk_hw_signal_processor")
+public func hwSignalProcessor(_ kind: UInt32, _ apicID: UInt32) {
+    switch kind {
+    case 0: Processors.localAPIC?.send(.wakeUp(apicID: apicID))
+    case 1: Processors.localAPIC?.send(.nonMaskableToAllOthers)
+    default: Processors.localAPIC?.send(.tlbShootdown(apicID: apicID))
     }
 }
 #endif

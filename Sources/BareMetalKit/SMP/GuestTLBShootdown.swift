@@ -70,7 +70,7 @@ public enum TLBShootdown {
         perform(flush)
         let me = Processors.currentIndex
         let online = ProcessorSet.first(Processors.count)
-        guard !online.removing(me).isEmpty, let apic = Processors.localAPIC else {
+        guard !online.removing(me).isEmpty, Processors.localAPIC != nil else {
             cpu_restore_interrupts(flags)
             return
         }
@@ -83,7 +83,7 @@ public enum TLBShootdown {
         while rest != 0 {
             let target = rest.trailingZeroBitCount
             rest &= rest - 1
-            if let apicID = Processors.apicID(of: target) { apic.send(.tlbShootdown(apicID: apicID)) }
+            if let apicID = Processors.apicID(of: target) { bmk_signal_processor(2, apicID) }  // PrivilegedOperations.h
         }
         counterTable?[me].requestsSent &+= 1
         let deadline = TSCDeadline(
@@ -105,7 +105,7 @@ public enum TLBShootdown {
     @inline(__always)
     static func answerPending(whileSpinning: Bool = true) {
         if pending.load(ordering: .relaxed) == 0 { return }
-        answer(whileSpinning: whileSpinning)
+        bmk_tlb_answer(whileSpinning ? 1 : 0)  // hw: TLBShootdown.answer (PrivilegedOperations.h)
     }
 
     /// The IPI handler's part (interrupts are off in it).
@@ -226,5 +226,9 @@ public enum KernelMappings {
             try mapper.protect(range: virtual, byteCount: byteCount, attributes: attributes, allocator: &Platform.heap!.pages.allocator)
         }
     }
+}
+@_cdecl("bmk_hw_tlb_answer")
+public func hwTLBAnswer(_ whileSpinning: Int32) {
+    TLBShootdown.answer(whileSpinning: whileSpinning != 0)
 }
 #endif

@@ -171,7 +171,7 @@ public enum ThreadRuntime {
             let index = rest.trailingZeroBitCount
             rest &= rest &- 1
             if let apicID = Processors.apicID(of: index) {
-                Processors.localAPIC?.send(.wakeUp(apicID: apicID))
+                bmk_signal_processor(0, apicID)  // the wake-up IPI (PrivilegedOperations.h)
             }
         }
     }
@@ -184,10 +184,9 @@ public enum ThreadRuntime {
     /// it returns. The boot stack becomes CPU 0's idle loop. Called once by
     /// the boot path, after the APs started.
     public static func runMain() -> Never {
-        SystemClock.start()
+        bmk_clock_start()  // hw: SystemClock.start (PrivilegedOperations.h)
         let cpu = CPUInformation(source: HardwareCPUID())
-        if cpu.has(.fsgsbase) {
-            cpu_write_cr4(cpu_read_cr4() | (1 << 16))  // CR4.FSGSBASE
+        if cpu.has(.fsgsbase) && bmk_enable_fs_base_instructions() != 0 {  // CR4.FSGSBASE (PrivilegedOperations.h)
             useFSGSBaseInstructions = true
         }
         tlsLayout = TLSLayout(
@@ -233,7 +232,7 @@ public enum ThreadRuntime {
     /// An AP's entry into the scheduler (from its start-up loop, once
     /// `isRunning`): sets up what threads need on this CPU and idles.
     static func enterOnApplicationProcessor() -> Never {
-        if useFSGSBaseInstructions { cpu_write_cr4(cpu_read_cr4() | (1 << 16)) }
+        if useFSGSBaseInstructions { _ = bmk_enable_fs_base_instructions() }
         cpu_disable_interrupts()
         _ = lock.lock()
         idleLoop()
@@ -259,15 +258,10 @@ public enum ThreadRuntime {
     /// Stack and TLS block of a new thread (no scheduler lock needed).
     static func allocateThreadMemory(stackSize: Int) throws(ThreadError) -> (UInt64, UInt64, UnsafeMutableRawPointer?, UInt64) {
         let pages = max(UInt64((stackSize + 4095) / 4096), 4)
-        guard Platform.pageTables != nil, Platform.heap != nil else { throw .outOfMemory(what: "stack (no page tables yet)") }
-        let top: UInt64
-        do throws(PlatformCoreError) {
-            top = try MemoryLock.withLock { () throws(PlatformCoreError) in
-                try PlatformCore.allocateStack(pages: pages, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
-            }
-        } catch {
-            throw .outOfMemory(what: "stack")
-        }
+        // PrivilegedOperations.h: the hw platform maps the guard page out of
+        // its own page tables (bmk_hw_stack_allocate below).
+        let top = bmk_stack_allocate(pages)
+        guard top != 0 else { throw .outOfMemory(what: "stack") }
         let guardPage = top - (pages + 1) * PageSize.small
         let (block, threadPointer) = tlsLayout.makeBlock()
         if tlsLayout.memorySize > 0 && block == nil {
@@ -538,7 +532,7 @@ public enum ThreadRuntime {
     }
 
     static func releaseStack(guardPage: UInt64) {
-        MemoryLock.withLock { releaseStackLocked(guardPage: guardPage) }
+        bmk_stack_release(guardPage)  // PrivilegedOperations.h
     }
 
     static func releaseStackLocked(guardPage: UInt64) {
@@ -574,6 +568,26 @@ public enum ThreadRuntime {
             }
         }
     }
+}
+
+/// The hw side of PrivilegedOperations.h's bmk_stack_allocate: frames from
+/// the page allocator, the lowest one unmapped from the kernel page tables.
+@_cdecl("bmk_hw_stack_allocate")
+public func hwStackAllocate(_ pages: UInt64) -> UInt64 {
+    guard Platform.pageTables != nil, Platform.heap != nil else { return 0 }
+    do throws(PlatformCoreError) {
+        return try MemoryLock.withLock { () throws(PlatformCoreError) in
+            try PlatformCore.allocateStack(pages: pages, mapper: &Platform.pageTables!, allocator: &Platform.heap!.pages.allocator)
+        }
+    } catch {
+        return 0
+    }
+}
+
+/// The hw side of bmk_stack_release: the guard page mapped again, the run freed.
+@_cdecl("bmk_hw_stack_release")
+public func hwStackRelease(_ guardPage: UInt64) {
+    MemoryLock.withLock { ThreadRuntime.releaseStackLocked(guardPage: guardPage) }
 }
 
 /// Layout of the PT_TLS segment and the per-thread blocks made from it.

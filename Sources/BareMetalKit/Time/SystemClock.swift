@@ -37,7 +37,7 @@ public enum ClockSource: Sendable {
 /// Monotonic and wall clocks in nanoseconds.
 public enum SystemClock {
     nonisolated(unsafe) static var counter: CounterClock? = nil
-    nonisolated(unsafe) public private(set) static var source: ClockSource? = nil
+    nonisolated(unsafe) public internal(set) static var source: ClockSource? = nil
     /// (Unix time in ns, monotonic ns) at the RTC reading; nil until read.
     nonisolated(unsafe) static var wallOrigin: (unix: UInt64, monotonic: UInt64)? = nil
     nonisolated(unsafe) static var wallUnavailable = false
@@ -108,6 +108,12 @@ public enum SystemClock {
     /// the clock (cross-checks in tests; PIT and HPET take 50 ms each).
     /// Nil when that source does not answer on this machine.
     public static func measureTSCFrequency(with source: ClockSource) -> UInt64? {
+        let hertz = bmk_clock_measure(source.index)  // PrivilegedOperations.h
+        return hertz == 0 ? nil : hertz
+    }
+
+    /// The hw measurement (bmk_hw_clock_measure).
+    static func measureOnHardware(with source: ClockSource) -> UInt64? {
         let scale: TickScale?
         switch source {
         case .kvmclock:
@@ -165,11 +171,8 @@ public enum SystemClock {
         // retry; only 20 failures in a row mean there is no usable RTC.
         func read() -> Int64? {
             for _ in 0..<20 {
-                do throws(RealTimeClockError) {
-                    return try PlatformCore.readWallClock(centuryRegister: centuryRegister)
-                } catch {
-                    continue
-                }
+                var seconds: Int64 = 0
+                if bmk_rtc_read(centuryRegister, &seconds) != 0 { return seconds }  // hw: the CMOS RTC (PrivilegedOperations.h)
             }
             return nil
         }
@@ -417,4 +420,44 @@ struct FirmwareFacts {
         return facts
     }
 }
+@_cdecl("bmk_hw_clock_measure")
+public func hwClockMeasure(_ index: UInt32) -> UInt64 {
+    guard let source = ClockSource(index: index) else { return 0 }
+    return SystemClock.measureOnHardware(with: source) ?? 0
+}
+
+extension ClockSource {
+    /// Declaration order, for PrivilegedOperations.h's bmk_clock_measure.
+    public static let all: [ClockSource] = [.kvmclock, .cpuidCrystal, .pitChannel2, .pitChannel0, .hpet, .cpuidNominal, .xen]
+
+    public var index: UInt32 {
+        switch self {
+        case .kvmclock: return 0
+        case .cpuidCrystal: return 1
+        case .pitChannel2: return 2
+        case .pitChannel0: return 3
+        case .hpet: return 4
+        case .cpuidNominal: return 5
+        case .xen: return 6
+        }
+    }
+
+    public init?(index: UInt32) {
+        guard index < 7 else { return nil }
+        self = ClockSource.all[Int(index)]
+    }
+}
+
+@_cdecl("bmk_hw_rtc_read")
+public func hwRTCRead(_ centuryRegister: UInt8, _ seconds: UnsafeMutablePointer<Int64>) -> Int32 {
+    do throws(RealTimeClockError) {
+        seconds.pointee = try PlatformCore.readWallClock(centuryRegister: centuryRegister)
+        return 1
+    } catch {
+        return 0
+    }
+}
+
+@_cdecl("bmk_hw_clock_start")
+public func hwClockStart() { SystemClock.start() }
 #endif

@@ -7,6 +7,7 @@
 #define CPU_INTERRUPTS_H
 
 #include <stdint.h>
+#include "PrivilegedOperations.h"
 
 /// The entry stub of external vector `vector` (32-255, isr.S, guest only).
 static inline uint64_t bmk_interrupt_stub(unsigned vector) {
@@ -18,7 +19,9 @@ static inline uint64_t bmk_interrupt_stub(unsigned vector) {
 /// the next instruction, so an interrupt that became pending before the STI
 /// (while IF was 0) wakes the HLT instead of being taken before it: no lost
 /// wake-up. Returns with interrupts enabled, after the handler ran.
-static inline void cpu_idle_enable_interrupts_and_halt(void) { __asm__ volatile("sti; hlt" ::: "memory"); }
+/// (bmk_idle_enable_and_halt in PrivilegedOperations.h: a Xen PV domain
+/// blocks in the hypervisor instead.)
+void cpu_idle_enable_interrupts_and_halt(void) __asm__("bmk_idle_enable_and_halt");
 
 /// RFLAGS, for saving and restoring the interrupt flag.
 static inline uint64_t cpu_read_flags(void) {

@@ -65,8 +65,10 @@ static inline int cpu_rdrand64(uint64_t *value) {
     return ok;
 }
 static inline void cpu_halt(void) { __asm__ volatile("hlt"); }
-static inline void cpu_disable_interrupts(void) { __asm__ volatile("cli" ::: "memory"); }
-static inline void cpu_enable_interrupts(void) { __asm__ volatile("sti" ::: "memory"); }
+/// CLI and STI for the shared runtime: bmk_interrupts_disable/enable in
+/// PrivilegedOperations.h, called directly under these names.
+void cpu_disable_interrupts(void) __asm__("bmk_interrupts_disable");
+void cpu_enable_interrupts(void) __asm__("bmk_interrupts_enable");
 static inline void cpu_pause(void) { __asm__ volatile("pause"); }
 static inline void cpu_memory_barrier(void) { __asm__ volatile("mfence" ::: "memory"); }
 static inline void cpu_compiler_barrier(void) { __asm__ volatile("" ::: "memory"); }

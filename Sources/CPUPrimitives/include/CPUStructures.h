@@ -7,6 +7,7 @@
 #define CPU_STRUCTURES_H
 
 #include <stdint.h>
+#include "PrivilegedOperations.h"
 
 /// LGDT with a 10-byte pseudo-descriptor, then reloads CS (far return) and
 /// the data segment registers with the given selectors.
@@ -52,12 +53,11 @@ static inline void cpu_write_fs_base(uint64_t value) { __asm__ volatile("wrfsbas
 static inline void cpu_write_gs_base(uint64_t value) { __asm__ volatile("wrgsbase %0" : : "r"(value) : "memory"); }
 static inline uint64_t cpu_read_fs_base(void) { uint64_t v; __asm__ volatile("rdfsbase %0" : "=r"(v)); return v; }
 
-/// Reads the interrupt flag (RFLAGS bit 9).
-static inline int cpu_interrupts_enabled(void) {
-    uint64_t flags;
-    __asm__ volatile("pushfq; popq %0" : "=r"(flags));
-    return (flags >> 9) & 1;
-}
+/// Reads the interrupt flag (RFLAGS bit 9). Declared with the seam's symbol
+/// (PrivilegedOperations.h), so a call goes straight to the operation: the
+/// importer emits static inline functions out of line, and a wrapper would
+/// add a jump to every lock.
+int cpu_interrupts_enabled(void) __asm__("bmk_interrupts_enabled");
 
 /// Section boundaries from the linker script (hw.ld), for the page tables.
 static inline uintptr_t bmk_text_end(void) { extern char __text_end[]; return (uintptr_t)__text_end; }
@@ -92,21 +92,15 @@ static inline uintptr_t bmk_tls_image_start(void) { extern char __tdata_start[];
 static inline uintptr_t bmk_tls_image_end(void) { extern char __tdata_end[]; return (uintptr_t)__tdata_end; }
 static inline uintptr_t bmk_tls_segment_end(void) { extern char __tbss_end[]; return (uintptr_t)__tbss_end; }
 
-/// WRMSR IA32_FS_BASE (0xC0000100), for CPUs without FSGSBASE.
-static inline void cpu_write_fs_base_msr(uint64_t value) {
-    __asm__ volatile("wrmsr" : : "c"(0xC0000100u), "a"((uint32_t)value), "d"((uint32_t)(value >> 32)) : "memory");
-}
+/// The FS base for CPUs without FSGSBASE (hw: WRMSR IA32_FS_BASE,
+/// 0xC0000100); bmk_set_fs_base in PrivilegedOperations.h.
+void cpu_write_fs_base_msr(uint64_t value) __asm__("bmk_set_fs_base");
 
-/// Saves RFLAGS and clears IF; returns the saved flags for restore.
-static inline uint64_t cpu_save_and_disable_interrupts(void) {
-    uint64_t flags;
-    __asm__ volatile("pushfq; popq %0; cli" : "=r"(flags) : : "memory");
-    return flags;
-}
+/// Saves RFLAGS and clears IF; returns the saved flags for restore
+/// (bmk_interrupts_save_disable).
+uint64_t cpu_save_and_disable_interrupts(void) __asm__("bmk_interrupts_save_disable");
 
-/// Sets IF again if it was set in `flags` (from the function above).
-static inline void cpu_restore_interrupts(uint64_t flags) {
-    if (flags & (1u << 9)) __asm__ volatile("sti" : : : "memory");
-}
+/// Sets IF again if it was set in `flags` (bmk_interrupts_restore).
+void cpu_restore_interrupts(uint64_t flags) __asm__("bmk_interrupts_restore");
 
 #endif

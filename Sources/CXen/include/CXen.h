@@ -181,6 +181,54 @@ static inline long cxen_hypercall(unsigned int op, unsigned long a1, unsigned lo
     return result;
 }
 
+// The PV domain's entry points and buffers (xen_pv_entry.S, guest world,
+// Xen images only).
+_Static_assert(__HYPERVISOR_iret == 23, "xen_pv_entry.S jumps to the iret stub at 23 * 32");
+/// Where PrivilegedOperations.h's bmk_* functions jump (CPUPrimitives' hw
+/// functions until a PV domain stores its own).
+struct cxen_privileged_operations {
+    uint64_t (*interrupts_save_disable)(void);
+    void (*interrupts_restore)(uint64_t flags);
+    void (*interrupts_disable)(void);
+    void (*interrupts_enable)(void);
+    int (*interrupts_enabled)(void);
+    void (*idle_enable_and_halt)(void);
+    void (*set_fs_base)(uint64_t value);
+    int (*enable_fs_base_instructions)(void);
+    void (*idle_wait)(uint64_t deadline, int has_deadline);
+    void (*console_device_write)(uint8_t byte);
+    void (*platform_stop)(uint8_t port_value);
+    void (*processor_halt_forever)(void);
+    void (*signal_processor)(uint32_t kind, uint32_t apic_id);
+    void (*tlb_answer)(int while_spinning);
+    uint64_t (*stack_allocate)(uint64_t pages);
+    void (*stack_release)(uint64_t guard_page);
+    void (*clock_start)(void);
+    uint64_t (*clock_measure)(uint32_t source);
+    int (*rtc_read)(uint8_t century_register, int64_t *seconds);
+};
+extern struct cxen_privileged_operations cxen_privileged_operations;
+/// Replaces the table (once, with interrupts masked, before any lock).
+static inline void cxen_set_privileged_operations(struct cxen_privileged_operations operations) {
+    cxen_privileged_operations = operations;
+}
+extern char cxen_pv_event_callback[], cxen_pv_failsafe_callback[];
+extern const uint64_t cxen_pv_trap_stubs[20];
+extern struct trap_info cxen_pv_trap_table[19];
+extern struct mmu_update cxen_pv_mmu_batch[128];
+static const int cxen_pv_mmu_batch_count = 128;
+static inline struct mmu_update *cxen_pv_mmu_batch_address(void) { return cxen_pv_mmu_batch; }
+static inline struct trap_info *cxen_pv_trap_table_address(void) { return cxen_pv_trap_table; }
+static inline uint64_t cxen_pv_event_callback_address(void) { return (uint64_t)(uintptr_t)cxen_pv_event_callback; }
+static inline uint64_t cxen_pv_failsafe_callback_address(void) { return (uint64_t)(uintptr_t)cxen_pv_failsafe_callback; }
+/// The faulting address Xen records for a PV vCPU's page fault (a PV
+/// kernel cannot read CR2; arch-x86/xen-x86_64.h arch_vcpu_info).
+static inline uint64_t cxen_vcpu_info_cr2(const void *vcpu_info) {
+    return ((const struct vcpu_info *)vcpu_info)->arch.cr2;
+}
+/// The trap entry of vector `vector` (below 20), 0 where none exists.
+static inline uint64_t cxen_pv_trap_stub(unsigned vector) { return vector < 20 ? cxen_pv_trap_stubs[vector] : 0; }
+
 /// One layout fact measured by the C compiler: `name` is "struct" for a
 /// size or "struct.field" for an offset.
 struct cxen_layout_fact {
