@@ -46,10 +46,13 @@ public struct PlatformConfiguration: Equatable, Sendable {
                 One ELF64 image for Xen. As a PVH domain it enters at the hw platform's PVH entry
                 (XEN_ELFNOTE_PHYS32_ENTRY), finds Xen through CPUID, has Xen fill the hypercall page
                 through the MSR, maps shared info, reads the console and xenstore pages from the HVM
-                parameters, and uses the console ring and SCHEDOP_shutdown. It also carries the PV
-                notes (XEN_ELFNOTE_ENTRY, HYPERCALL_PAGE, VIRT_BASE, "xen-3.0", "generic" loader):
-                the PV entry checks start_info, maps Xen's pages and reads the configuration, but does
-                not run applications yet. Never run on a real Xen host from this repository (Docs/xen.md).
+                parameters, and uses the console ring and SCHEDOP_shutdown; before main it binds the
+                event upcall and attaches the xenbus vif/vbd devices (netfront, blkfront) for
+                Network and StorageDevice. It also carries the PV notes (XEN_ELFNOTE_ENTRY,
+                HYPERCALL_PAGE, VIRT_BASE, "xen-3.0", "generic" loader): the PV entry checks
+                start_info, maps memory through the P2M list, installs traps, callbacks and the timer
+                and runs the application on one vCPU, without devices yet. Never run on a real Xen
+                host from this repository (Docs/xen.md).
                 Platform modules: CPUPrimitives, DeviceInterfaces, BareMetalKit, CXen, XenPVKit, NetStack, Rumprun.
                 """,
             modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "CXen", "XenPVKit", "NetStack", "Rumprun"],

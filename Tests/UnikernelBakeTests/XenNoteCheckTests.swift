@@ -22,6 +22,8 @@ import Testing
                 .data
                 .globl __stack_chk_guard
             __stack_chk_guard: .quad 0
+                .globl bmk_boot_tsc
+            bmk_boot_tsc: .quad 0
             """), name: "skeleton", in: directory)
         let input = directory + "/xen_boot.S"
         try xenBoot.write(toFile: input, atomically: true, encoding: .utf8)
