@@ -27,7 +27,9 @@ struct lwp {
 struct conf_thread {
 	int cpu;		/* virtual CPU held, or -1 */
 	int biglocks;		/* big-lock count, handed over on unschedule */
-	uint64_t unschedules;	/* backend upcalls made by this thread */
+	/* Backend upcalls made by this thread; atomic because a helper thread
+	 * watches it to see that this thread has blocked in a hypercall. */
+	_Atomic uint64_t unschedules;
 	uint64_t schedules;
 	void *last_unschedule_interlock;
 	void *last_schedule_interlock;

@@ -41,6 +41,49 @@ wait_flag(_Atomic int *flag, int value)
 		kernel_pause_ms(1);
 }
 
+/*
+ * A contended-lock check must see the waiter block while the lock is still
+ * held: a holder that let go after a fixed time lost the race whenever the
+ * host stalled the waiter for longer (CI runs on a loaded 2-core machine),
+ * and the waiter then took a free lock without releasing its CPU.  The
+ * waiter announces the call it is about to make (its own unschedule count
+ * before it); the holder keeps the lock until that count has moved, i.e.
+ * the waiter has released its CPU inside the call.  If it never does, the
+ * holder gives up after a long time and the CONF_ALWAYS check fails.
+ */
+struct block_watch {
+	_Atomic(_Atomic uint64_t *) counter;	/* the waiter's conf_self.unschedules */
+	_Atomic uint64_t before;
+	_Atomic int armed;
+};
+
+static void
+watch_arm(struct block_watch *w)
+{
+	atomic_store(&w->before, atomic_load(&conf_self.unschedules));
+	atomic_store(&w->counter, &conf_self.unschedules);
+	atomic_store(&w->armed, 1);
+}
+
+/* Waits (keeping the CPU when `keep_cpu`) until the armed thread has
+ * released its CPU; 0 when seen, -1 after 30 s. */
+static int
+watch_wait(struct block_watch *w, int keep_cpu)
+{
+	int64_t deadline = now_ns() + 30000000000LL;
+
+	while (now_ns() < deadline) {
+		if (atomic_load(&w->armed) &&
+		    atomic_load(atomic_load(&w->counter)) != atomic_load(&w->before))
+			return 0;
+		if (keep_cpu)
+			host_pause_ms(1);
+		else
+			kernel_pause_ms(1);
+	}
+	return -1;
+}
+
 static void *
 create_joinable(void *(*fn)(void *), void *arg, const char *name)
 {
@@ -226,11 +269,37 @@ struct holder {
 	struct rumpuser_mtx *mtx;
 	struct rumpuser_rw *rw;
 	int rw_kind;
-	int hold_ms;
+	int hold_ms;		/* 0: hold until `waiter` has blocked or `release` */
 	_Atomic int holding;
-	_Atomic int queued;
+	_Atomic int release;
 	int tryenter_rv;
+	struct block_watch waiter;
 };
+
+/* Holds the lock (the CPU too when `keep_cpu`) for hold_ms, or until the
+ * watched waiter has blocked, or until told to let go. */
+static void
+hold(struct holder *h, int keep_cpu)
+{
+	if (h->hold_ms > 0) {
+		if (keep_cpu)
+			host_pause_ms(h->hold_ms);
+		else
+			kernel_pause_ms(h->hold_ms);
+		return;
+	}
+	int64_t deadline = now_ns() + 30000000000LL;
+	while (!atomic_load(&h->release) && now_ns() < deadline) {
+		if (atomic_load(&h->waiter.armed)) {
+			watch_wait(&h->waiter, keep_cpu);
+			return;
+		}
+		if (keep_cpu)
+			host_pause_ms(1);
+		else
+			kernel_pause_ms(1);
+	}
+}
 
 static void *
 mutex_holder(void *arg)
@@ -240,7 +309,7 @@ mutex_holder(void *arg)
 	conf_enter_kernel();
 	rumpuser_mutex_enter(h->mtx);
 	atomic_store(&h->holding, 1);
-	host_pause_ms(h->hold_ms);	/* hold the mutex and the CPU */
+	hold(h, 1);	/* hold the mutex and the CPU */
 	rumpuser_mutex_exit(h->mtx);
 	conf_leave_kernel();
 	return NULL;
@@ -293,9 +362,9 @@ rumpconf_test_mutex(void)
 	/* Contended KMUTEX: the waiter releases its CPU. */
 	memset(&h, 0, sizeof(h));
 	h.mtx = kmtx;
-	h.hold_ms = 50;
 	void *c = create_joinable(mutex_holder, &h, "conf-holder");
 	wait_flag(&h.holding, 1);
+	watch_arm(&h.waiter);
 	HYPERCALL(CONF_ALWAYS, rumpuser_mutex_enter(kmtx));
 	rumpuser_mutex_owner(kmtx, &owner);
 	CHECK(owner == rumpuser_curlwp(), "owner after contended enter");
@@ -335,7 +404,7 @@ rw_holder(void *arg)
 	conf_enter_kernel();
 	rumpuser_rw_enter(h->rw_kind, h->rw);
 	atomic_store(&h->holding, 1);
-	kernel_pause_ms(h->hold_ms);
+	hold(h, 0);
 	rumpuser_rw_exit(h->rw);
 	conf_leave_kernel();
 	return NULL;
@@ -347,7 +416,7 @@ rw_queued_writer(void *arg)
 	struct holder *h = arg;
 
 	conf_enter_kernel();
-	atomic_store(&h->queued, 1);
+	watch_arm(&h->waiter);
 	rumpuser_rw_enter(RUMPUSER_RW_WRITER, h->rw);
 	rumpuser_rw_exit(h->rw);
 	conf_leave_kernel();
@@ -403,37 +472,43 @@ rumpconf_test_rwlock(void)
 
 	/* A reader waiting for a writer releases its CPU. */
 	memset(&h, 0, sizeof(h));
-	h.rw = rw; h.rw_kind = RUMPUSER_RW_WRITER; h.hold_ms = 40;
+	h.rw = rw; h.rw_kind = RUMPUSER_RW_WRITER;
 	c = create_joinable(rw_holder, &h, "conf-rw-writer");
 	wait_flag(&h.holding, 1);
+	watch_arm(&h.waiter);
 	HYPERCALL(CONF_ALWAYS, rumpuser_rw_enter(RUMPUSER_RW_READER, rw));
 	rumpuser_rw_exit(rw);
 	join(c);
 
 	/* A writer waiting for a reader releases its CPU. */
 	memset(&h, 0, sizeof(h));
-	h.rw = rw; h.rw_kind = RUMPUSER_RW_READER; h.hold_ms = 40;
+	h.rw = rw; h.rw_kind = RUMPUSER_RW_READER;
 	c = create_joinable(rw_holder, &h, "conf-rw-reader");
 	wait_flag(&h.holding, 1);
+	watch_arm(&h.waiter);
 	HYPERCALL(CONF_ALWAYS, rumpuser_rw_enter(RUMPUSER_RW_WRITER, rw));
 	CHECK_EQ(held(RUMPUSER_RW_WRITER, rw), 1, "write-held after contended enter");
 	rumpuser_rw_exit(rw);
 	join(c);
 
-	/* A queued writer keeps new readers out. */
+	/* A queued writer keeps new readers out.  The reader holds the lock
+	 * until told (a fixed 100 ms ran out when the host stalled this
+	 * thread); the writer has released its CPU inside rw_enter before the
+	 * probe, then 20 ms more let it reach the wait queue. */
 	memset(&h, 0, sizeof(h));
 	memset(&q, 0, sizeof(q));
-	h.rw = rw; h.rw_kind = RUMPUSER_RW_READER; h.hold_ms = 100;
+	h.rw = rw; h.rw_kind = RUMPUSER_RW_READER;
 	q.rw = rw;
 	c = create_joinable(rw_holder, &h, "conf-rw-reader");
 	wait_flag(&h.holding, 1);
 	c2 = create_joinable(rw_queued_writer, &q, "conf-rw-queued");
-	wait_flag(&q.queued, 1);
+	CHECK_EQ(watch_wait(&q.waiter, 0), 0, "queued writer released its CPU in rw_enter");
 	kernel_pause_ms(20);
 	HYPERCALL(CONF_NEVER, rv = rumpuser_rw_tryenter(RUMPUSER_RW_READER, rw));
 	CHECK_EQ(rv, 16, "tryenter READER with a writer queued → EBUSY");
 	if (rv == 0)
 		rumpuser_rw_exit(rw);
+	atomic_store(&h.release, 1);
 	join(c);
 	join(c2);
 
@@ -452,6 +527,7 @@ struct cv_probe {
 	int delay_ms;
 	int broadcast;
 	_Atomic int waiting;
+	_Atomic int entered;	/* the waiter holds the mutex and will wait */
 };
 
 static void *
@@ -461,6 +537,10 @@ cv_signaller(void *arg)
 
 	conf_enter_kernel();
 	kernel_pause_ms(p->delay_ms);
+	/* The waiter holds the mutex from `entered` until its wait releases
+	 * it, so the signal cannot come first (after a fixed delay alone it
+	 * did when the host stalled the waiter, and saw no waiter). */
+	wait_flag(&p->entered, 1);
 	rumpuser_mutex_enter(p->mtx);
 	rumpuser_cv_has_waiters(p->cv, &p->waiters_seen);
 	p->predicate = 1;
@@ -523,6 +603,7 @@ condvar_with(int flags)
 	p.delay_ms = 20;
 	void *c = create_joinable(cv_signaller, &p, "conf-signal");
 	rumpuser_mutex_enter(p.mtx);
+	atomic_store(&p.entered, 1);
 	rv = 0;
 	while (!p.predicate && rv == 0)
 		HYPERCALL(CONF_ALWAYS, rv = rumpuser_cv_timedwait(p.cv, p.mtx, 5, 0));
@@ -534,8 +615,10 @@ condvar_with(int flags)
 	/* wait_nowrap keeps the CPU; the signaller runs on the other CPU. */
 	p.predicate = 0;
 	p.delay_ms = 10;
+	atomic_store(&p.entered, 0);
 	c = create_joinable(cv_signaller, &p, "conf-signal");
 	rumpuser_mutex_enter(p.mtx);
+	atomic_store(&p.entered, 1);
 	while (!p.predicate)
 		HYPERCALL(CONF_NEVER, rumpuser_cv_wait_nowrap(p.cv, p.mtx));
 	rumpuser_mutex_exit(p.mtx);
@@ -549,6 +632,8 @@ condvar_with(int flags)
 	wait_flag(&p.waiting, 3);
 	p.broadcast = 1;
 	p.delay_ms = 10;
+	/* Each waiter counted itself under the mutex and waits on the cv. */
+	atomic_store(&p.entered, 1);
 	c = create_joinable(cv_signaller, &p, "conf-broadcast");
 	for (int i = 0; i < 3; i++)
 		join(w[i]);

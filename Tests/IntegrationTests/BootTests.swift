@@ -45,11 +45,12 @@ enum Integration {
     static let devices: Result<String, Error> = Result { try bake("Tests/Guests/devices").path }
     static let httpd: Result<String, Error> = Result { try bake("Examples/httpd").path }
 
-    /// GETs `urls` with curl (one connection, keep-alive); nil until it answers.
-    static func curl(_ urls: [String]) -> String? {
+    /// GETs `urls` with curl (one connection, keep-alive), giving up after
+    /// `seconds`; nil until it answers.
+    static func curl(_ urls: [String], seconds: Int = 10) -> String? {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
-        process.arguments = ["-s", "-f", "-m", "10"] + urls
+        process.arguments = ["-s", "-f", "-m", String(seconds)] + urls
         let out = Pipe()
         process.standardOutput = out
         process.standardError = FileHandle.nullDevice
@@ -154,6 +155,10 @@ enum Integration {
         let identifier = run.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(identifier.hasPrefix("qemu:"))
         let pid = try #require(Int32(identifier.dropFirst(5)))
+        // The spin guest never ends and has no timeout here: if a check
+        // below fails, it must not spin on (taking a CPU from every later
+        // test on a 2-core CI machine).
+        defer { if Launcher.isGuestRunning(pid: pid) { kill(pid, SIGKILL) } }
         #expect(Launcher.isGuestRunning(pid: pid))
         let stop = try Integration.run(["stop", identifier])
         #expect(stop.status == 0, "stderr: \(stop.stderr)")

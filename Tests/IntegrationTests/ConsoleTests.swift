@@ -51,9 +51,13 @@ import Testing
         #expect(run.status == 0, "stderr: \(run.stderr)")
         let identifier = run.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
         defer { _ = try? Integration.run(["stop", identifier]) }
-        // The serial line says the guest has printed.
+        // The serial line says the guest has printed. Each byte goes to the
+        // serial port first and then to the screen, so seeing the text alone
+        // left the last letter's screen write still to come (a host stall of
+        // QEMU's vCPU thread right there made row 0 read "spinning foreve");
+        // the line end, sent after it, means the screen holds the line.
         var waited = 0
-        while waited < 600, !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("spinning forever") ?? false) {
+        while waited < 600, !((try? String(contentsOfFile: log, encoding: .utf8))?.contains("spinning forever\r\n") ?? false) {
             usleep(100_000)
             waited += 1
         }

@@ -14,9 +14,9 @@ extension Integration {
     static let udpEcho: Result<String, Error> = Result { try bake("Examples/udp-echo").path }
     static let frames: Result<String, Error> = Result { try bake("Tests/Guests/frames").path }
 
-    /// A port for this test process: `offset` in a per-process block, so
-    /// parallel test processes on one machine do not collide.
-    static func port(_ offset: Int) -> Int { 20000 + Int(getpid() % 2000) * 8 + offset }
+    /// A free 127.0.0.1 port for this test process, named by `offset` (the
+    /// same offset gives the same port for the whole run). See `HostPorts`.
+    static func port(_ offset: Int) -> Int { HostPorts.shared.port(named: offset) }
 
     /// GETs `url` with curl; the body's bytes, nil on failure.
     static func curlBytes(_ url: String) -> [UInt8]? {
@@ -50,6 +50,66 @@ extension Integration {
     }
 }
 
+/// Host ports for QEMU forwards and the peers written here. They used to be
+/// `20000 + (pid % 2000) * 8 + offset`, unchecked: that reached into
+/// Linux's ephemeral range (32768 up), where any outgoing connection of this
+/// machine (curl, QEMU's user network connecting to our servers, the other
+/// test runs on the machine) may hold the port, and offsets past 7 ran into
+/// the next process's block. Now a port comes from below the ephemeral
+/// range and only if both a TCP and a UDP bind to it on 127.0.0.1 succeed
+/// right now (no listener, no bound socket, no TIME_WAIT), and is never
+/// handed out twice in one process. Another process may still bind it
+/// between this check and QEMU's bind; below the ephemeral range only an
+/// explicit bind can, which makes that window small.
+final class HostPorts: @unchecked Sendable {
+    static let shared = HostPorts()
+
+    private let lock = NSLock()
+    private var named: [Int: Int] = [:]
+    private var handedOut: Set<Int> = []
+    private let lowest = 20000
+    private let end: Int  // exclusive: the first ephemeral port
+    private var cursor: Int
+
+    private init() {
+        let range = (try? String(contentsOfFile: "/proc/sys/net/ipv4/ip_local_port_range", encoding: .utf8)) ?? ""
+        let ephemeralStart = range.split(whereSeparator: \.isWhitespace).first.flatMap { Int($0) } ?? 32768
+        end = max(min(ephemeralStart, 65536), lowest + 1000)
+        // Processes start in different places, so they rarely probe the same ports.
+        cursor = lowest + Int(getpid()) * 97 % (end - lowest)
+    }
+
+    func port(named name: Int) -> Int {
+        lock.withLock {
+            if let port = named[name] { return port }
+            for _ in 0..<(end - lowest) {
+                let candidate = cursor
+                cursor = cursor + 1 == end ? lowest : cursor + 1
+                if handedOut.contains(candidate) || !Self.isFree(candidate) { continue }
+                handedOut.insert(candidate)
+                named[name] = candidate
+                return candidate
+            }
+            preconditionFailure("no free port on 127.0.0.1 in \(lowest)..<\(end)")
+        }
+    }
+
+    /// Whether a TCP and a UDP socket can both bind `port` on 127.0.0.1.
+    static func isFree(_ port: Int) -> Bool {
+        for type in [Int32(SOCK_STREAM.rawValue), Int32(SOCK_DGRAM.rawValue)] {
+            let descriptor = socket(AF_INET, type, 0)
+            guard descriptor >= 0 else { return false }
+            defer { close(descriptor) }
+            var address = UDPPeer.loopback(port)
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(descriptor, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if bound != 0 { return false }
+        }
+        return true
+    }
+}
+
 /// A guest started with `Integration.start`.
 final class BackgroundGuest {
     let process: Process
@@ -67,7 +127,33 @@ final class BackgroundGuest {
         return (process.terminationStatus, String(decoding: box.data, as: UTF8.self).replacingOccurrences(of: "\r", with: ""))
     }
 
-    deinit { if process.isRunning { process.terminate() } }
+    /// Ends a guest the test did not finish (a failed #require, a guest
+    /// that never answered). SIGTERM to rumprun-cli alone left QEMU running:
+    /// rumprun-cli dies without taking its QEMU child along, and the orphan
+    /// (httpd, kvstore and frames guests wait for the host forever) then
+    /// spun on beside every later test. QEMU, rumprun-cli's child, is killed
+    /// first; rumprun-cli then returns by itself.
+    deinit {
+        guard process.isRunning else { return }
+        let parent = process.processIdentifier
+        for child in Self.children(of: parent) { kill(child, SIGKILL) }
+        let deadline = Date().addingTimeInterval(10)
+        while process.isRunning && Date() < deadline { usleep(20_000) }
+        if process.isRunning { kill(parent, SIGKILL) }
+    }
+
+    /// The process ids whose parent is `parent` (from /proc).
+    static func children(of parent: Int32) -> [Int32] {
+        let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+        return entries.compactMap { Int32($0) }.filter { pid in
+            // /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces.
+            guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                let end = stat.lastIndex(of: ")")
+            else { return false }
+            let fields = stat[stat.index(after: end)...].split(separator: " ")
+            return fields.count > 1 && Int32(fields[1]) == parent
+        }
+    }
 }
 
 /// A UDP socket bound to 127.0.0.1 with a receive timeout.
@@ -134,8 +220,15 @@ final class UDPPeer {
         let base = "http://127.0.0.1:\(port)"
         var page: String? = nil
         let deadline = Date().addingTimeInterval(120)
+        // The probe is the first counted request (the checks below expect
+        // "requests 3" and "served 6"), so it must never give up on a
+        // request the guest may already have counted: with curl's 10 s it
+        // could, e.g. when QEMU's user network, holding curl's connection,
+        // reached the booting guest only with its SYN retransmitted at
+        // ~9 s and the answer came after 10 s; the retry was counted too.
+        // A probe that fails before the guest listens fails fast (reset).
         while page == nil && Date() < deadline && guest.process.isRunning {
-            page = Integration.curl([base + "/"])
+            page = Integration.curl([base + "/"], seconds: 120)
             if page == nil { usleep(200_000) }
         }
         #expect(page == "<!DOCTYPE html>\n<html><body><h1>Hello from a swift-rumprun unikernel</h1></body></html>\n")

@@ -179,7 +179,7 @@ hyp_backend_unschedule(int dummy, int *nlocks, void *interlock)
 			CHECK(owner == rumpuser_curlwp(), "cv interlock not held by the waiter at unschedule");
 		}
 	}
-	self.released++;
+	__atomic_fetch_add(&self.released, 1, __ATOMIC_SEQ_CST);	/* watched by other threads */
 	*nlocks = self.biglocks;
 	self.biglocks = 0;
 	if (self.cpu != 0)
@@ -941,6 +941,50 @@ suite_component(void)
 static struct rumpuser_mtx *test_mtx;
 static volatile int holding;
 
+/*
+ * A thread about to make a contended call, watched by the thread that holds
+ * the lock. Holders used to let go after a fixed 30 ms: on several CPUs a
+ * waiter whose vCPU the host stalled that long found the lock free (a
+ * sleeping enter then "did not release the CPU", a SPIN enter "did not
+ * wait", a tryenter expecting EBUSY got in), and a writer given 5 ms to
+ * queue up had not always run yet. Now the waiter arms its watch just
+ * before the call; the holder keeps the lock until the waiter has released
+ * its CPU inside a call that must block, or for 30 ms after the arming for
+ * one that spins; 30 s at most, so a call that never blocks still fails.
+ */
+struct watch {
+	int *volatile count;	/* the waiter's self.released */
+	volatile int before;
+	volatile int blocks;
+	volatile int armed;
+};
+static struct watch main_watch, writer_watch;
+
+static void
+arm(struct watch *w, int blocks)
+{
+	w->before = __atomic_load_n(&self.released, __ATOMIC_SEQ_CST);
+	w->count = &self.released;
+	w->blocks = blocks;
+	__atomic_store_n(&w->armed, 1, __ATOMIC_SEQ_CST);
+}
+
+/* Returns once w's thread is in its call (see above), and disarms w. */
+static void
+wait_watch(struct watch *w)
+{
+	int64_t deadline = now_ns() + 30 * NSEC;
+	while (!__atomic_load_n(&w->armed, __ATOMIC_SEQ_CST) && now_ns() < deadline)
+		sleep_ns(MS);
+	if (__atomic_load_n(&w->armed, __ATOMIC_SEQ_CST) && w->blocks) {
+		while (__atomic_load_n(w->count, __ATOMIC_SEQ_CST) == w->before && now_ns() < deadline)
+			sleep_ns(MS);
+	} else {
+		sleep_ns(30 * MS);
+	}
+	__atomic_store_n(&w->armed, 0, __ATOMIC_SEQ_CST);
+}
+
 static void
 hold_body(void *arg)
 {
@@ -950,7 +994,7 @@ hold_body(void *arg)
 	else
 		HC(MAYBE, rumpuser_mutex_enter(test_mtx));
 	holding = 1;
-	sleep_ns(30 * MS);
+	wait_watch(&main_watch);
 	holding = 0;
 	HC(NEVER, rumpuser_mutex_exit(test_mtx));
 }
@@ -997,6 +1041,7 @@ suite_mutex(void)
 	CHECK(rv == E_BUSY, "tryenter of another thread's mutex: %d", rv);
 	HC(NEVER, rumpuser_mutex_owner(test_mtx, &owner));
 	CHECK(owner != NULL && owner != rumpuser_curlwp(), "owner is the holder's lwp");
+	arm(&main_watch, 1);
 	HC(ALWAYS, rumpuser_mutex_enter(test_mtx));
 	CHECK(!holding, "entered while the holder still held it");
 	HC(NEVER, rumpuser_mutex_exit(test_mtx));
@@ -1011,6 +1056,7 @@ suite_mutex(void)
 		c = spawn(hold_body, (void *)1, "spinholder", 1, 0);
 		wait_for_holding();
 		int64_t t0 = now_ns();
+		arm(&main_watch, 0);
 		HC(NEVER, rumpuser_mutex_enter(test_mtx));
 		CHECK(!holding && now_ns() - t0 >= 5 * MS, "SPIN enter did not wait for the holder");
 		HC(NEVER, rumpuser_mutex_exit(test_mtx));
@@ -1020,6 +1066,7 @@ suite_mutex(void)
 	test_mtx = new_mutex(RUMPUSER_MTX_KMUTEX);
 	c = spawn(hold_body, (void *)0, "holder", 1, 0);
 	wait_for_holding();
+	arm(&main_watch, 0);
 	HC(NEVER, rumpuser_mutex_enter_nowrap(test_mtx));
 	CHECK(!holding, "enter_nowrap did not wait for the holder");
 	HC(NEVER, rumpuser_mutex_owner(test_mtx, &owner));
@@ -1041,7 +1088,7 @@ read_hold_body(void *arg)
 	(void)arg;
 	HC(MAYBE, rumpuser_rw_enter(RUMPUSER_RW_READER, test_rw));
 	holding = 1;
-	sleep_ns(30 * MS);
+	wait_watch(&main_watch);
 	holding = 0;
 	HC(NEVER, rumpuser_rw_exit(test_rw));
 }
@@ -1051,6 +1098,7 @@ static void
 write_body(void *arg)
 {
 	(void)arg;
+	arm(&writer_watch, 1);
 	HC(ALWAYS, rumpuser_rw_enter(RUMPUSER_RW_WRITER, test_rw));
 	writer_in = 1;
 	int held;
@@ -1096,6 +1144,7 @@ suite_rwlock(void)
 	wait_for_holding();
 	HC(NEVER, rv = rumpuser_rw_tryenter(RUMPUSER_RW_WRITER, test_rw));
 	CHECK(rv == E_BUSY, "writer tryenter while read: %d", rv);
+	arm(&main_watch, 1);
 	HC(ALWAYS, rumpuser_rw_enter(RUMPUSER_RW_WRITER, test_rw));
 	CHECK(!holding, "writer entered while a reader was in");
 	HC(NEVER, rumpuser_rw_held(RUMPUSER_RW_WRITER, test_rw, &held));
@@ -1107,9 +1156,12 @@ suite_rwlock(void)
 	r = spawn(read_hold_body, NULL, "reader", 1, 0);
 	wait_for_holding();
 	void *w = spawn(write_body, NULL, "writer", 1, 0);
+	/* The writer has released its CPU in rw_enter; 5 ms more to queue. */
+	wait_watch(&writer_watch);
 	sleep_ns(5 * MS);
 	HC(NEVER, rv = rumpuser_rw_tryenter(RUMPUSER_RW_READER, test_rw));
 	CHECK(rv == E_BUSY, "reader got in past a waiting writer: %d", rv);
+	arm(&main_watch, 1);
 	HC(ALWAYS, rumpuser_rw_enter(RUMPUSER_RW_READER, test_rw));
 	CHECK(!holding && !writer_in, "reader entered while the writer was in");
 	HC(NEVER, rumpuser_rw_held(RUMPUSER_RW_WRITER, test_rw, &held));
