@@ -164,6 +164,22 @@ extension Hypercalls {
         return (argument.nr_frames, argument.max_nr_frames)
     }
 
+    /// Asks Xen for the domain's first `frameNumbers.count` grant-table
+    /// frames and writes their machine frame numbers into `frameNumbers`
+    /// (PV guests, which then map them with `update_va_mapping`);
+    /// `GNTTABOP_setup_table`. The per-call `status` (`GNTST_*`) is checked.
+    public mutating func setUpGrantTable(frameNumbers: UnsafeMutableBufferPointer<xen_pfn_t>) throws(HypercallError) {
+        var argument = gnttab_setup_table()
+        argument.dom = cxen_domid_self
+        argument.nr_frames = UInt32(frameNumbers.count)
+        argument.frame_list = __guest_handle_xen_pfn_t(p: frameNumbers.baseAddress)
+        _ = try check(
+            grantTableOp(UInt32(GNTTABOP_setup_table), &argument, count: 1), .grantTableOp, GNTTABOP_setup_table)
+        if argument.status != GNTST_okay {
+            throw .grantStatus(command: UInt32(GNTTABOP_setup_table), status: argument.status)
+        }
+    }
+
     /// Maps frame `reference` that `domain` granted us at guest address
     /// `hostAddress` (HVM/PVH: a free guest-physical frame; PV: a virtual
     /// address) and returns the handle for unmapping; `GNTTABOP_map_grant_ref`

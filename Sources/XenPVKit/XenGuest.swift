@@ -284,6 +284,9 @@ func startPVRuntime(
         XenGuest.write("rumprun: panic: binding VIRQ_TIMER failed\n")
         XenGuest.shutdown(.panicked)
     }
+    if startInfo.channels.storeFrame != 0 {
+        XenPVRuntime.storeRing = (startInfo.channels, session.store)
+    }
     // The clock hooks read vcpu_time_info at frame << 12 (VIRT_BASE 0).
     XenGuest.sharedInfoFrame = session.sharedInfo >> 12
     XenPVRuntime.install()

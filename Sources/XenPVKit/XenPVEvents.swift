@@ -102,6 +102,28 @@ public enum XenPVEventAcknowledgement {
     }
 }
 
+/// The PV event callback's work once the domain has devices: the pending
+/// ports go through the same `XenEvents` table the PVH upcall uses, so a
+/// bound port's handler wakes its thread and a port without handler is
+/// masked again; the timer's port is bound there with a handler that does
+/// nothing (ending the block is all it is for). Before that table exists
+/// (start of day, or a domain without devices) the upcall is only
+/// acknowledged (`XenPVEventAcknowledgement`).
+public enum XenPVEventCallback {
+    /// Runs the callback for vCPU 0; returns how many pending ports it took.
+    @discardableResult
+    public static func handle<H: Hypercalls>(sharedInfo: UnsafeMutableRawPointer, events: XenEvents<H>?) -> Int {
+        guard let events else { return XenPVEventAcknowledgement.acknowledge(sharedInfo: sharedInfo) }
+        return events.dispatch()
+    }
+
+    /// Binds the timer's port in `events` (which masked every port when it
+    /// took over shared info) with a handler that does nothing, unmasking it.
+    public static func keepTimer<H: Hypercalls>(_ timer: XenPVTimer, in events: XenEvents<H>) throws(EventChannelError) {
+        try events.bind(timer.port) { _ in }
+    }
+}
+
 /// What the PV timer could not do.
 public enum XenPVTimerError: Error, Equatable, Sendable {
     /// Binding `VIRQ_TIMER` failed.

@@ -16,6 +16,10 @@ enum XenPVRuntime {
     nonisolated(unsafe) static var timer: XenPVTimer? = nil
     nonisolated(unsafe) static var frames: UnsafePointer<UInt64>? = nil
     nonisolated(unsafe) static var pageCount: UInt64 = 0
+    /// The xenstore ring's channels and the virtual address XenPVBoot
+    /// mapped it at (nil when start_info named no store page), for
+    /// bmk_xen_start_devices.
+    nonisolated(unsafe) static var storeRing: (channels: XenBootChannels, address: UInt64)? = nil
     /// Events seen by the callback (statistics).
     nonisolated(unsafe) static var upcalls: UInt64 = 0
 
@@ -186,14 +190,18 @@ func setPVMapping(_ address: UInt64, mapped: Bool) -> Bool {
 
 // MARK: Entries from xen_pv_entry.S
 
-/// The event callback (events masked): acknowledges the upcall and clears
-/// every pending, unmasked port (xen.h 2-level ABI). The timer's port needs
-/// nothing more: the blocked idle loop resumes and rechecks its deadline.
+/// The event callback (events masked): once bmk_xen_start_devices has
+/// made the event table, every pending port goes through it (the same
+/// `XenEvents` the PVH upcall dispatches: handlers wake the threads of
+/// the xenstore client, the xenbus thread and the frontends; the timer's
+/// handler does nothing); before that the upcall is acknowledged and the
+/// pending unmasked ports cleared (xen.h 2-level ABI). Either way a
+/// blocked idle loop resumes and rechecks its deadline and run queue.
 @_cdecl("xen_pv_event_upcall")
 public func xenPVEventUpcall() {
     guard let sharedInfo = XenPVRuntime.sharedInfo else { return }
     XenPVRuntime.upcalls &+= 1
-    XenPVEventAcknowledgement.acknowledge(sharedInfo: sharedInfo)
+    XenPVEventCallback.handle(sharedInfo: sharedInfo, events: XenRuntime.events)
 }
 
 /// A CPU exception (frame as isr.S's: 15 registers, vector, error code,

@@ -74,8 +74,9 @@ enum XenRuntimeImages {
     }
 
     /// The upcall runs on the interrupt stack with interrupts off: nothing
-    /// it reaches may allocate. Roots: the handler registered on vector
-    /// 0xF3, `XenEvents.dispatch`, the 2-level `EventChannels.dispatch`,
+    /// it reaches may allocate; so does the PV event callback, on the
+    /// current stack with events masked. Roots: the handler registered on
+    /// vector 0xF3, the PV callback's Swift half, `XenEvents.dispatch`, the 2-level `EventChannels.dispatch`,
     /// the interrupt-masking lock, and the xenstore port's handler (which
     /// raises two semaphores). The walk follows direct calls (the calls
     /// through the lock's and the handlers' existentials are those roots)
@@ -85,10 +86,12 @@ enum XenRuntimeImages {
     /// edges that do not exist (a tail of `cpu_gs_load64`).
     @Test func theUpcallPathReachesNoAllocator() throws {
         let graph = try XenImages.callGraph(try XenRuntimeImages.xenAppIO.get())
-        let runtimeStart = "$e8XenPVKit0A7RuntimeO5start8channels15sharedInfoFrameyAA0A12BootChannelsV_s6UInt64VtFZ"
+        let runtimeStart =
+            "$e8XenPVKit0A7RuntimeO5start8channels10sharedInfo14storeInterface4kindyAA0A12BootChannelsV_S2vAA0A13DomainDevicesOtFZ"
         let patterns = [
-            runtimeStart + "Sbs5UInt8VcfU_",  // the (UInt8) -> Bool handler on 0xF3
-            runtimeStart + "ys6UInt32VcfU0_",  // the store port's handler
+            "$e8XenPVKit0A7RuntimeO14registerUpcallyyFZSbs5UInt8VcfU_",  // the (UInt8) -> Bool handler on 0xF3 (PVH)
+            "xen_pv_event_upcall",  // the PV event callback's Swift half (events masked, current stack)
+            runtimeStart + "ys6UInt32VcfU_",  // the store port's handler
             "0A6EventsC8dispatch4vcpu", "13EventChannelsV8dispatch4vcpu", "0A10UpcallLockC4lockyyF", "0A10UpcallLockC6unlockyyF",
         ]
         var roots: [String] = []
@@ -111,7 +114,7 @@ enum XenRuntimeImages {
         #expect(paths == [])
         // The store handler wakes threads: it reaches the semaphore's `up`,
         // directly or as the body it hands to a merged thunk.
-        let storeHandler = try #require(graph.keys.first { $0.hasSuffix(runtimeStart + "ys6UInt32VcfU0_") })
+        let storeHandler = try #require(graph.keys.first { $0.hasSuffix(runtimeStart + "ys6UInt32VcfU_") })
         let named = reached.union(try XenRuntimeImages.referencedSymbols(try XenRuntimeImages.xenAppIO.get(), in: storeHandler))
         #expect(named.contains { $0.contains("SemaphoreC2up") }, "the store handler wakes threads: \(named.sorted())")
         #expect(reached.contains("$e12BareMetalKit10TicketLockV4lockSbyF"), "the upcall takes the ticket lock")

@@ -103,6 +103,16 @@ final class SimulatedHypervisor: Hypercalls {
     var upcallVector: UInt8?
     /// Answer `HVMOP_set_evtchn_upcall_vector` with -ENOSYS (Xen before 4.6).
     var lacksUpcallVectorCall = false
+    /// PV: the machine frames Xen keeps the grant table in (Xen's own
+    /// pages, outside the guest's memory), handed out by
+    /// `GNTTABOP_setup_table`.
+    let setupTableFrames: [UInt64] = [0x9_0000, 0x9_0007, 0x9_0002, 0x9_0005]
+    /// PV: a `GNTTABOP_setup_table` status to answer with instead (a refusal).
+    var setupTableStatus: Int16?
+    /// PV: where the guest mapped Xen-owned machine frames with
+    /// `update_va_mapping` (frame -> the guest's page): both sides then
+    /// reach the same bytes there.
+    var machineFrameViews: [UInt64: UnsafeMutableRawPointer] = [:]
 
     init(memory: SimulatedMemory) {
         self.memory = memory
@@ -181,6 +191,23 @@ final class SimulatedHypervisor: Hypercalls {
                 }
             } else {
                 request.pointee.status = Int16(GNTST_bad_handle)
+            }
+        case UInt32(GNTTABOP_setup_table):
+            let request = arguments.assumingMemoryBound(to: gnttab_setup_table.self)
+            log.append("grant_table_op setup_table dom=\(hex(request.pointee.dom)) nr_frames=\(request.pointee.nr_frames)")
+            // Xen (common/grant_table.c): only DOMID_SELF for an unprivileged
+            // domain, at most max_nr_frames, and the answer in `status`.
+            if let refusal = setupTableStatus {
+                request.pointee.status = refusal
+            } else if request.pointee.dom != cxen_domid_self {
+                request.pointee.status = Int16(GNTST_permission_denied)
+            } else if request.pointee.nr_frames > UInt32(setupTableFrames.count) {
+                request.pointee.status = Int16(GNTST_general_error)
+            } else {
+                let count = Int(request.pointee.nr_frames)
+                for index in 0..<count { request.pointee.frame_list.p![index] = xen_pfn_t(setupTableFrames[index]) }
+                grantFrames = Array(setupTableFrames[0..<count])
+                request.pointee.status = Int16(GNTST_okay)
             }
         case UInt32(GNTTABOP_query_size):
             let request = arguments.assumingMemoryBound(to: gnttab_query_size.self)
@@ -276,6 +303,20 @@ final class SimulatedHypervisor: Hypercalls {
         log.append("update_va_mapping va=\(hex(virtualAddress)) pte=\(hex(entry)) flags=\(flags)")
         guard virtualAddress & 0xFFF == 0 else { return -Int(XEN_EINVAL.rawValue) }
         mappings[virtualAddress] = entry
+        let frame = XenPVEntry.frame(entry)
+        if entry & PVPageTableEntry.present != 0, setupTableFrames.contains(frame) {
+            // A Xen-owned frame is mappable only once it is the domain's grant frame.
+            guard grantFrames.contains(frame) else { return -Int(XEN_EINVAL.rawValue) }
+            // The page now shows the frame's bytes: Xen's zeroed grant frame,
+            // or what an earlier mapping of it holds.
+            let view = UnsafeMutableRawPointer(bitPattern: UInt(virtualAddress))!
+            if let earlier = machineFrameViews[frame] {
+                if earlier != view { view.copyMemory(from: earlier, byteCount: 4096) }
+            } else {
+                view.initializeMemory(as: UInt8.self, repeating: 0, count: 4096)
+            }
+            machineFrameViews[frame] = view
+        }
         return 0
     }
 
@@ -347,7 +388,9 @@ final class SimulatedHypervisor: Hypercalls {
     func grantEntry(_ reference: GrantReference) -> UnsafeMutableRawPointer? {
         let perFrame = 4096 / MemoryLayout<grant_entry_v1>.stride
         let frameIndex = Int(reference) / perFrame
-        guard frameIndex < grantFrames.count, let page = memory.page(frame: grantFrames[frameIndex]) else { return nil }
+        guard frameIndex < grantFrames.count,
+            let page = machineFrameViews[grantFrames[frameIndex]] ?? memory.page(frame: grantFrames[frameIndex])
+        else { return nil }
         return page + (Int(reference) % perFrame) * MemoryLayout<grant_entry_v1>.stride
     }
 
