@@ -50,9 +50,9 @@ public struct PlatformConfiguration: Equatable, Sendable {
                 event upcall and attaches the xenbus vif/vbd devices (netfront, blkfront) for
                 Network and StorageDevice. It also carries the PV notes (XEN_ELFNOTE_ENTRY,
                 HYPERCALL_PAGE, VIRT_BASE, "xen-3.0", "generic" loader): the PV entry checks
-                start_info, maps memory through the P2M list, installs traps, callbacks and the timer
-                and runs the application on one vCPU, without devices yet. Never run on a real Xen
-                host from this repository (Docs/xen.md).
+                start_info, maps memory through the P2M list, installs traps, callbacks and the timer,
+                attaches the same frontends and runs the application on one vCPU. Never run on a real
+                Xen host from this repository (Docs/xen.md).
                 Platform modules: CPUPrimitives, DeviceInterfaces, BareMetalKit, CXen, XenPVKit, NetStack, Rumprun.
                 """,
             modules: ["CPUPrimitives", "DeviceInterfaces", "BareMetalKit", "CXen", "XenPVKit", "NetStack", "Rumprun"],
