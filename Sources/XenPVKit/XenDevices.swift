@@ -331,34 +331,128 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
     }
 }
 
-/// A netfront as Rumprun sees it: `PlatformNetworkInterface` over
-/// `NetFront`, locked per device, woken through its event channel.
-public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: PlatformNetworkInterface {
-    /// The vif handle (`device/vif/<unit>`): the n-th `-I` of the launcher.
+/// What the device wrappers need of a frontend to follow its backend and
+/// its event channel (NetFront, BlockFront).
+public protocol XenFrontend {
+    associatedtype H: Hypercalls
+    var isConnected: Bool { get }
+    var port: EventChannelPort { get }
+    /// Work the backend has not answered yet (frames, requests).
+    var outstandingWork: Int { get }
+    mutating func backendChanged(store: inout XenStore<H>) throws(XenbusError)
+    mutating func disconnect(store: inout XenStore<H>) throws(XenbusError)
+    mutating func abandonOutstanding()
+}
+
+extension NetFront: XenFrontend {
+    public var outstandingWork: Int { outstandingTransmitCount }
+}
+
+extension BlockFront: XenFrontend {
+    public var outstandingWork: Int { outstandingRequestCount }
+}
+
+/// The part of XenNetworkInterface and XenBlockDevice that is the same for
+/// both: the frontend under its lock, the wake-up bound to its event
+/// channel, backend state changes and the request timeout.
+public class XenFrontendDevice<H: Hypercalls, Memory: GuestMemory, Front: XenFrontend> where Front.H == H {
+    /// The device's unit: the n-th `-I` (vif) or `-b` (vbd) of the launcher.
     public let unit: Int
-    /// "vif/0".
+    /// "vif/0", "vbd/51712".
     public let name: String
     let watchToken: String
     /// Watch events of its backend's state routed to it.
     public internal(set) var watchEvents = 0
-    var front: NetFront<H, Memory>
+    var front: Front
     let lock: any XenLock
     let devices: XenDevices<H, Memory>
     var wake: (() -> Void)? = nil
     var boundPort: EventChannelPort? = nil
-    /// When the oldest unanswered frame was sent, or the last answer came.
+    /// When outstanding work began or was last answered.
     var lastProgress: UInt64 = 0
-    var progressMark = 0
 
-    init(unit: Int, name: String, watchToken: String, front: NetFront<H, Memory>, devices: XenDevices<H, Memory>) {
+    init(unit: Int, name: String, watchToken: String, front: Front, devices: XenDevices<H, Memory>) {
         self.unit = unit
         self.name = name
         self.watchToken = watchToken
         self.front = front
         self.devices = devices
+        lock = devices.makeLock()
+    }
+
+    /// The frontend's state (tests, diagnostics).
+    public var isConnected: Bool { locked(lock) { front.isConnected } }
+    public var port: EventChannelPort { front.port }
+
+    public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
+        locked(lock) { () -> StaticString? in
+            guard front.isConnected else { return nil }
+            do throws(EventChannelError) { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
+            self.wake = wake
+            boundPort = front.port
+            return "event channel"
+        }
+    }
+
+    public func disconnectWakeup() {
+        locked(lock) { unbindLocked() }
+    }
+
+    func unbindLocked() {
+        if let port = boundPort { devices.events.unbind(port) }
+        boundPort = nil
+    }
+
+    /// Closes the device with its backend (Closing, backend Closing or
+    /// Closed, Closed); outstanding work fails and every grant is ended.
+    public func shutdown() {
+        locked(lock) {
+            unbindLocked()
+            wake = nil
+            locked(devices.storeLock) { _ = try? front.disconnect(store: &devices.store) }
+        }
+    }
+
+    /// The backend's state node changed. When that disconnected the
+    /// frontend, the waiter is woken: the network thread finds the link
+    /// down, waiting disk threads collect their failed requests.
+    func backendChanged() {
+        let waker: (() -> Void)? = locked(lock) {
+            let wasConnected = front.isConnected
+            locked(devices.storeLock) { _ = try? front.backendChanged(store: &devices.store) }
+            guard wasConnected && !front.isConnected else { return nil }
+            unbindLocked()
+            return wake
+        }
+        waker?()
+    }
+
+    /// Gives up on outstanding work the backend has not answered for
+    /// `limit` nanoseconds; true when it did.
+    func abandonIfStalled(now: UInt64, limit: UInt64) -> Bool {
+        let waker: (() -> Void)?? = locked(lock) {
+            guard front.isConnected, front.outstandingWork > 0, now >= lastProgress, now - lastProgress > limit else { return nil }
+            front.abandonOutstanding()
+            unbindLocked()
+            return .some(wake)
+        }
+        guard let waker else { return false }
+        waker?()
+        return true
+    }
+}
+
+/// A netfront as Rumprun sees it: `PlatformNetworkInterface` over
+/// `NetFront`, locked per device, woken through its event channel.
+public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: XenFrontendDevice<H, Memory, NetFront<H, Memory>>,
+    PlatformNetworkInterface
+{
+    var progressMark = 0
+
+    override init(unit: Int, name: String, watchToken: String, front: NetFront<H, Memory>, devices: XenDevices<H, Memory>) {
         macAddress = front.macAddress
         mtu = front.mtu
-        lock = devices.makeLock()
+        super.init(unit: unit, name: name, watchToken: watchToken, front: front, devices: devices)
     }
 
     public var driverName: StaticString { "xen-netfront" }
@@ -367,11 +461,8 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
     public let mtu: Int
     public var isLinkUp: Bool { locked(lock) { front.isLinkUp } }
     public var statistics: NetworkInterfaceStatistics { locked(lock) { front.statistics } }
-    /// The frontend's state (tests, diagnostics).
-    public var isConnected: Bool { locked(lock) { front.isConnected } }
     public var outstandingTransmitCount: Int { locked(lock) { front.outstandingTransmitCount } }
     public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
-    public var port: EventChannelPort { front.port }
     public var backendPath: String { front.device.backendPath }
 
     var answered: Int { front.statistics.framesSent + front.statistics.transmitErrors }
@@ -401,96 +492,19 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: Plat
 
     public func beginTransmitBatch() {}
     public func endTransmitBatch() {}
-
-    public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
-        locked(lock) { () -> StaticString? in
-            guard front.isConnected else { return nil }
-            do throws(EventChannelError) { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
-            self.wake = wake
-            boundPort = front.port
-            return "event channel"
-        }
-    }
-
-    public func disconnectWakeup() {
-        locked(lock) { unbindLocked() }
-    }
-
-    func unbindLocked() {
-        if let port = boundPort { devices.events.unbind(port) }
-        boundPort = nil
-    }
-
-    /// Closes the interface with its backend (Closing, backend Closing or
-    /// Closed, Closed); every grant is ended.
-    public func shutdown() {
-        locked(lock) {
-            unbindLocked()
-            wake = nil
-            locked(devices.storeLock) { _ = try? front.disconnect(store: &devices.store) }
-        }
-    }
-
-    /// The backend's state node changed.
-    func backendChanged() {
-        let waker: (() -> Void)? = locked(lock) {
-            let wasConnected = front.isConnected
-            locked(devices.storeLock) { _ = try? front.backendChanged(store: &devices.store) }
-            guard wasConnected && !front.isConnected else { return nil }
-            unbindLocked()
-            return wake
-        }
-        // The network thread finds the link down on its next pass.
-        waker?()
-    }
-
-    func abandonIfStalled(now: UInt64, limit: UInt64) -> Bool {
-        let waker: (() -> Void)?? = locked(lock) {
-            guard front.isConnected, front.outstandingTransmitCount > 0, now >= lastProgress, now - lastProgress > limit else { return nil }
-            front.abandonOutstanding()
-            unbindLocked()
-            return .some(wake)
-        }
-        guard let waker else { return false }
-        waker?()
-        return true
-    }
 }
 
 /// A blkfront as Rumprun sees it: `PlatformBlockDevice` over `BlockFront`,
 /// locked per device, woken through its event channel.
-public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformBlockDevice {
-    /// The disk's unit (0 for xvda): the n-th `-b` of the launcher.
-    public let unit: Int
-    /// "vbd/51712".
-    public let name: String
-    let watchToken: String
-    /// Watch events of its backend's state routed to it.
-    public internal(set) var watchEvents = 0
-    var front: BlockFront<H, Memory>
-    let lock: any XenLock
-    let devices: XenDevices<H, Memory>
-    var wake: (() -> Void)? = nil
-    var boundPort: EventChannelPort? = nil
-    var lastProgress: UInt64 = 0
-
-    init(unit: Int, name: String, watchToken: String, front: BlockFront<H, Memory>, devices: XenDevices<H, Memory>) {
-        self.unit = unit
-        self.name = name
-        self.watchToken = watchToken
-        self.front = front
-        self.devices = devices
-        lock = devices.makeLock()
-    }
-
+public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: XenFrontendDevice<H, Memory, BlockFront<H, Memory>>,
+    PlatformBlockDevice
+{
     public var driverName: StaticString { "xen-blkfront" }
     public var sectorSize: Int { locked(lock) { front.sectorSize } }
     public var sectorCount: UInt64 { locked(lock) { front.sectorCount } }
     public var isReadOnly: Bool { locked(lock) { front.isReadOnly } }
-    public var isConnected: Bool { locked(lock) { front.isConnected } }
     public var outstandingRequestCount: Int { locked(lock) { front.outstandingRequestCount } }
     public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
-    public var port: EventChannelPort { front.port }
     public var backendPath: String { front.device.backendPath }
 
     public func submit(_ request: BlockRequest) throws(BlockDeviceError) {
@@ -507,57 +521,5 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: PlatformB
             if count > 0 { lastProgress = devices.clock() }
             return count
         }
-    }
-
-    public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
-        locked(lock) { () -> StaticString? in
-            guard front.isConnected else { return nil }
-            do throws(EventChannelError) { try devices.events.bind(front.port) { _ in wake() } } catch { return nil }
-            self.wake = wake
-            boundPort = front.port
-            return "event channel"
-        }
-    }
-
-    public func disconnectWakeup() {
-        locked(lock) { unbindLocked() }
-    }
-
-    func unbindLocked() {
-        if let port = boundPort { devices.events.unbind(port) }
-        boundPort = nil
-    }
-
-    /// Closes the disk with its backend; outstanding requests fail.
-    public func shutdown() {
-        locked(lock) {
-            unbindLocked()
-            wake = nil
-            locked(devices.storeLock) { _ = try? front.disconnect(store: &devices.store) }
-        }
-    }
-
-    func backendChanged() {
-        let waker: (() -> Void)? = locked(lock) {
-            let wasConnected = front.isConnected
-            locked(devices.storeLock) { _ = try? front.backendChanged(store: &devices.store) }
-            guard wasConnected && !front.isConnected else { return nil }
-            unbindLocked()
-            return wake
-        }
-        // Waiting threads collect their failed requests.
-        waker?()
-    }
-
-    func abandonIfStalled(now: UInt64, limit: UInt64) -> Bool {
-        let waker: (() -> Void)?? = locked(lock) {
-            guard front.isConnected, front.outstandingRequestCount > 0, now >= lastProgress, now - lastProgress > limit else { return nil }
-            front.abandonOutstanding()
-            unbindLocked()
-            return .some(wake)
-        }
-        guard let waker else { return false }
-        waker?()
-        return true
     }
 }
