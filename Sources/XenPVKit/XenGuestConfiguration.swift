@@ -7,7 +7,10 @@ import CXen
 
 /// Hypercalls for start of day, before any event handler exists: waiting
 /// (`SCHEDOP_block`, which would re-enable upcalls) becomes `SCHEDOP_yield`,
-/// so the xenstore and console clients poll their rings instead.
+/// so the xenstore and console clients poll their rings instead. Kept apart
+/// from `WaitingHypercalls` on purpose: start-of-day code makes no call
+/// through an existential (XenImageTests walks its call graph), and merging
+/// the two behind an enum of strategies brought one in.
 public struct PollingHypercalls<Base: Hypercalls>: Hypercalls {
     public var base: Base
 
