@@ -1267,8 +1267,16 @@ suite_cv(void)
 	void *c[5];
 	for (int i = 0; i < 5; i++)
 		c[i] = spawn(cv_waiter_body, NULL, "cvwaiter", 1, 0);
-	sleep_ns(20 * MS);
-	HC(NEVER, rumpuser_cv_has_waiters(test_cv, &n));
+	/*
+	 * The waiters reach cv_wait in their own time (on several CPUs of a
+	 * loaded host a fixed 20 ms was not always enough): poll until all five
+	 * are counted, for at most 10 s; a count above 5 or stuck below fails.
+	 */
+	int64_t give_up = now_ns() + 10000 * MS;
+	do {
+		sleep_ns(MS);
+		HC(NEVER, rumpuser_cv_has_waiters(test_cv, &n));
+	} while (n < 5 && now_ns() < give_up);
 	CHECK(n == 5, "has_waiters with 5 waiters: %d", n);
 	HC(MAYBE, rumpuser_mutex_enter(test_mtx));
 	flag = 1;
