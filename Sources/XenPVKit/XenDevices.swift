@@ -209,58 +209,57 @@ public final class XenDevices<H: Hypercalls, Memory: GuestMemory> {
     static func watchToken(_ node: String) -> String { "rumprun-backend:" + node }
 
     func attachNetwork(_ id: String) {
-        let device = "vif/" + id
-        let node = home + "/device/vif/" + id
-        guard hasToolstackKeys(node, device: device) else { return }
-        let saved = store.maximumWaits
-        store.maximumWaits = limits.handshakeWaits
-        defer { store.maximumWaits = saved }
-        var front: NetFront<H, Memory>
-        do {
-            front = try NetFront.connect(
-                nodePath: node, store: &store, memory: memory, grants: grants, receiveBuffers: limits.receiveBuffers,
-                transmitSlots: limits.transmitSlots)
-        } catch {
-            failures.append(classify(error, device: device, node: node))
-            giveUp(node)
-            return
-        }
-        let token = Self.watchToken(node)
-        do { try store.watch(front.device.backendPath + "/state", token: token) } catch {
-            failures.append(.handshake(device: device, .store(error)))
-            front.abandonOutstanding()
-            giveUp(node)
-            return
-        }
+        guard
+            let (front, device, token) = connectFrontend("vif", id, connect: { (node) throws(XenbusError) in
+                try NetFront.connect(
+                    nodePath: node, store: &store, memory: memory, grants: grants, receiveBuffers: limits.receiveBuffers,
+                    transmitSlots: limits.transmitSlots)
+            })
+        else { return }
         let unit = parseDecimal(id.utf8).map { Int(truncatingIfNeeded: $0) } ?? networkInterfaces.count
         networkInterfaces.append(XenNetworkInterface(unit: unit, name: device, watchToken: token, front: front, devices: self))
     }
 
     func attachBlock(_ id: String) {
-        let device = "vbd/" + id
-        let node = home + "/device/vbd/" + id
-        guard hasToolstackKeys(node, device: device) else { return }
+        guard
+            let (front, device, token) = connectFrontend("vbd", id, connect: { (node) throws(XenbusError) in
+                try BlockFront.connect(nodePath: node, store: &store, memory: memory, grants: grants)
+            })
+        else { return }
+        var unit = blockDevices.count
+        if let number = parseDecimal(id.utf8), let disk = Self.diskUnit(virtualDevice: number) { unit = disk }
+        blockDevices.append(XenBlockDevice(unit: unit, name: device, watchToken: token, front: front, devices: self))
+    }
+
+    /// What attaching a vif or a vbd shares: the toolstack's keys, the
+    /// handshake with a bounded wait, the watch on the backend's state.
+    /// Nil, with the failure recorded and the frontend given up, when a step
+    /// fails.
+    func connectFrontend<Front: XenFrontend>(
+        _ kind: String, _ id: String, connect: (String) throws(XenbusError) -> Front
+    ) -> (front: Front, device: String, token: String)? {
+        let device = kind + "/" + id
+        let node = home + "/device/" + kind + "/" + id
+        guard hasToolstackKeys(node, device: device) else { return nil }
         let saved = store.maximumWaits
         store.maximumWaits = limits.handshakeWaits
         defer { store.maximumWaits = saved }
-        var front: BlockFront<H, Memory>
-        do {
-            front = try BlockFront.connect(nodePath: node, store: &store, memory: memory, grants: grants)
+        var front: Front
+        do throws(XenbusError) {
+            front = try connect(node)
         } catch {
             failures.append(classify(error, device: device, node: node))
             giveUp(node)
-            return
+            return nil
         }
         let token = Self.watchToken(node)
         do { try store.watch(front.device.backendPath + "/state", token: token) } catch {
             failures.append(.handshake(device: device, .store(error)))
             front.abandonOutstanding()
             giveUp(node)
-            return
+            return nil
         }
-        var unit = blockDevices.count
-        if let number = parseDecimal(id.utf8), let disk = Self.diskUnit(virtualDevice: number) { unit = disk }
-        blockDevices.append(XenBlockDevice(unit: unit, name: device, watchToken: token, front: front, devices: self))
+        return (front, device, token)
     }
 
     /// The disk's position among `xvda`, `xvdb`, ... from its
@@ -337,6 +336,7 @@ public protocol XenFrontend {
     associatedtype H: Hypercalls
     var isConnected: Bool { get }
     var port: EventChannelPort { get }
+    var device: XenbusDevice { get }
     /// Work the backend has not answered yet (frames, requests).
     var outstandingWork: Int { get }
     mutating func backendChanged(store: inout XenStore<H>) throws(XenbusError)
@@ -383,6 +383,7 @@ public class XenFrontendDevice<H: Hypercalls, Memory: GuestMemory, Front: XenFro
     /// The frontend's state (tests, diagnostics).
     public var isConnected: Bool { locked(lock) { front.isConnected } }
     public var port: EventChannelPort { front.port }
+    public var backendPath: String { front.device.backendPath }
 
     public func connectWakeup(_ wake: @escaping () -> Void) -> StaticString? {
         locked(lock) { () -> StaticString? in
@@ -463,7 +464,6 @@ public final class XenNetworkInterface<H: Hypercalls, Memory: GuestMemory>: XenF
     public var statistics: NetworkInterfaceStatistics { locked(lock) { front.statistics } }
     public var outstandingTransmitCount: Int { locked(lock) { front.outstandingTransmitCount } }
     public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
-    public var backendPath: String { front.device.backendPath }
 
     var answered: Int { front.statistics.framesSent + front.statistics.transmitErrors }
 
@@ -505,7 +505,6 @@ public final class XenBlockDevice<H: Hypercalls, Memory: GuestMemory>: XenFronte
     public var isReadOnly: Bool { locked(lock) { front.isReadOnly } }
     public var outstandingRequestCount: Int { locked(lock) { front.outstandingRequestCount } }
     public var quarantinedPageCount: Int { locked(lock) { front.quarantinedPageCount } }
-    public var backendPath: String { front.device.backendPath }
 
     public func submit(_ request: BlockRequest) throws(BlockDeviceError) {
         try locked(lock) { () throws(BlockDeviceError) in
