@@ -61,6 +61,20 @@ enum Integration {
     }
 
     /// Runs rumprun-cli; returns its exit status, console (stdout) and stderr.
+    /// Runs a host tool (objdump, readelf, nm) to the end: its exit status
+    /// and standard output.
+    static func toolOutput(_ path: String, _ arguments: [String]) throws -> (status: Int32, data: Data) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: path)
+        process.arguments = arguments
+        let pipe = Pipe()
+        process.standardOutput = pipe
+        try process.run()
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        return (process.terminationStatus, data)
+    }
+
     static func run(_ arguments: [String]) throws -> (status: Int32, stdout: String, stderr: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: try tool("rumprun-cli"))

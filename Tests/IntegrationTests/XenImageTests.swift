@@ -26,15 +26,8 @@ enum XenImages {
     /// unknown types as "Unknown note type: (0x...)" and a few numbers with
     /// generic names (1 NT_VERSION, 2 NT_ARCH, 4 GO BUILDID), mapped back here.
     static func readelfNotes(_ path: String) throws -> [(type: UInt32, descriptor: [UInt8])] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/readelf")
-        process.arguments = ["-n", "-W", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let (status, data) = try Integration.toolOutput("/usr/bin/readelf", ["-n", "-W", path])
+        #expect(status == 0)
         let genericNames: [String: UInt32] = ["NT_VERSION (version)": 1, "NT_ARCH (architecture)": 2, "GO BUILDID": 4]
         var notes: [(type: UInt32, descriptor: [UInt8])] = []
         // With -W each note is one line: "Xen  0x00000008<TAB>Unknown note
@@ -59,14 +52,8 @@ enum XenImages {
     /// Direct call graph of an image's code from `objdump -d`: function ->
     /// functions it calls or jumps to (tail calls); "<indirect>" for `call *...`.
     static func callGraph(_ path: String) throws -> [String: Set<String>] {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/objdump")
-        process.arguments = ["-d", "--no-show-raw-insn", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let (status, data) = try Integration.toolOutput("/usr/bin/objdump", ["-d", "--no-show-raw-insn", path])
+        #expect(status == 0, "objdump failed on \(path)")
         var graph: [String: Set<String>] = [:]
         var current: String?
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {

@@ -43,15 +43,8 @@ struct DisassembledImage {
     }
 
     init(path: String) throws {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/objdump")
-        process.arguments = ["-d", "--no-show-raw-insn", path]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        #expect(process.terminationStatus == 0)
+        let (status, data) = try Integration.toolOutput("/usr/bin/objdump", ["-d", "--no-show-raw-insn", path])
+        #expect(status == 0)
         var instructions: [(address: UInt64, text: String)] = []
         var symbol: String?
         var afterEnd = false

@@ -29,14 +29,8 @@ enum XenRuntimeImages {
     /// the optimizer merged with another, e.g. `ThreadSemaphore.up`'s body
     /// passed to a `…Tm` thunk shared with `ThreadMutex.unlock`).
     static func referencedSymbols(_ image: String, in function: String) throws -> Set<String> {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/objdump")
-        process.arguments = ["-d", "--no-show-raw-insn", "--disassemble=" + function, image]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let (status, data) = try Integration.toolOutput("/usr/bin/objdump", ["-d", "--no-show-raw-insn", "--disassemble=" + function, image])
+        #expect(status == 0, "objdump failed on \(image)")
         var symbols: Set<String> = []
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") where line.hasPrefix(" ") {
             guard let open = line.lastIndex(of: "<"), let close = line.lastIndex(of: ">"), open < close else { continue }
@@ -47,14 +41,8 @@ enum XenRuntimeImages {
 
     /// `nm` lines for `symbol`: its type letter (T strong, W weak), or nil.
     static func symbolType(_ image: String, _ symbol: String) throws -> Character? {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/nm")
-        process.arguments = [image]
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        let (status, data) = try Integration.toolOutput("/usr/bin/nm", [image])
+        #expect(status == 0, "nm failed on \(image)")
         for line in String(decoding: data, as: UTF8.self).split(separator: "\n") {
             let fields = line.split(separator: " ")
             if fields.count == 3 && fields[2] == symbol { return fields[1].first }
